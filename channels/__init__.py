@@ -1,0 +1,1 @@
+"""Channel adapters: one pure module per provider, a raw request in, InboundMessages out."""

@@ -1,0 +1,131 @@
+"""What every adapter hands the rest of Intake, the adapter protocol, and the errors it may raise.
+
+Adapters are pure: no database, no Celery, no FastAPI. They verify a raw request with the
+tenant's secrets and return the messages it carries, or say why it carries none.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+Channel = Literal["whatsapp", "telegram", "sms", "email"]
+CHANNELS: tuple[Channel, ...] = ("whatsapp", "telegram", "sms", "email")
+
+
+class ChannelError(Exception):
+    """A request the provider (or an impostor) got wrong; `status` is the HTTP answer."""
+
+    status = 400
+    reason = "malformed"
+
+
+class MalformedRequestError(ChannelError):
+    status = 400
+    reason = "malformed"
+
+
+class InvalidSignatureError(ChannelError):
+    status = 403
+    reason = "signature"
+
+
+class ReplayedRequestError(ChannelError):
+    """A signed request seen before, or signed too long ago."""
+
+    status = 403
+    reason = "replay"
+
+
+class ChannelNotConfiguredError(ChannelError):
+    """The tenant has not set this channel's secret, so nothing can be verified."""
+
+    status = 403
+    reason = "not_configured"
+
+
+@dataclass(frozen=True)
+class Media:
+    kind: str  # image, audio, video, document, sticker, location, …
+    mime_type: str | None = None
+    url: str | None = None
+    provider_id: str | None = None  # the provider's file or media id, to fetch it later
+    filename: str | None = None
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One message from a person, normalized. It is the only thing adapters hand on."""
+
+    channel: Channel
+    provider_message_id: str
+    received_at: datetime
+    sender_id: str | None = None  # the channel's own id: Telegram user id, WhatsApp wa_id
+    phone: str | None = None  # E.164 where the channel gives a number
+    email: str | None = None  # lowercased
+    display_name: str | None = None
+    username: str | None = None  # Telegram @username, without the @
+    language: str | None = None  # ISO 639-1, where the channel says it
+    text: str | None = None
+    media: tuple[Media, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["received_at"] = self.received_at.astimezone(UTC).isoformat()
+        data["media"] = [asdict(m) for m in self.media]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InboundMessage:
+        values = dict(data)
+        values["received_at"] = datetime.fromisoformat(values["received_at"])
+        values["media"] = tuple(Media(**m) for m in values.get("media", ()))
+        return cls(**values)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """A webhook request as it arrived: the public URL it was sent to, headers, body bytes."""
+
+    method: str
+    url: str  # the public URL, as the provider signed it (query string included)
+    headers: Mapping[str, str]  # lowercased names
+    body: bytes
+    query: Mapping[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What a verified request carries: messages, why others were skipped, a nonce to burn."""
+
+    messages: tuple[InboundMessage, ...] = ()
+    ignored: tuple[str, ...] = ()  # reasons, e.g. "status callback", "bot sender"
+    nonce: str | None = None  # a one-time token (Mailgun) to mark used when stored
+    reply: str | None = None  # a body to answer with instead of the default (a GET challenge)
+
+
+class ChannelAdapter(Protocol):
+    """One provider's webhook. `route` is its path under /webhooks/{tenant_id}/."""
+
+    route: str
+
+    def parse(self, request: RawRequest, secrets: Mapping[str, str], now: datetime) -> Parsed:
+        """Verify, then parse. Raise a ChannelError for a request that must be refused."""
+        ...
+
+
+def require_secret(secrets: Mapping[str, str], name: str) -> str:
+    value = secrets.get(name)
+    if not value:
+        raise ChannelNotConfiguredError(f"{name} is not configured for this tenant")
+    return value

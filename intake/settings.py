@@ -1,0 +1,53 @@
+"""The one settings object: read from the environment and `.env` once, then passed around."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_DATABASE_URL = "sqlite:///./intake.db"
+EMBEDDED_BROKER_URL = "sqla+sqlite:///./intake-broker.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="INTAKE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = EMBEDDED_DATABASE_URL
+    # An empty broker URL means the embedded broker: kombu's SQLAlchemy transport on SQLite.
+    broker_url: str = ""
+    redis_url: str = ""
+    public_url: str = ""
+    trust_proxy: bool = False
+
+    # Ingestion: how long an accepted message may wait before the reconciler re-enqueues it,
+    # and how many attempts a message gets before it is parked as failed.
+    reconcile_after_seconds: float = Field(default=60.0, gt=0)
+    reconcile_every_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    lock_lease_seconds: float = Field(default=30.0, gt=0)
+    lock_wait_seconds: float = Field(default=10.0, gt=0)
+    batch_size: int = Field(default=200, ge=1)
+
+    log_json: bool = False
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or EMBEDDED_BROKER_URL
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return not self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,236 @@
+"""The tables. Every row that belongs to a tenant carries `tenant_id`, and every query starts from it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that always comes back timezone-aware in UTC, on SQLite too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        if value is not None and dialect.name == "sqlite":
+            # SQLite keeps text: store UTC without an offset so that text order is time order.
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+LIVE = text("deleted_at IS NULL")
+PENDING = text("state = 'pending'")
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    region: Mapped[str] = mapped_column(String(2), default="US")
+    max_page_size: Mapped[int] = mapped_column(Integer, default=100)
+    # Channel secrets are kept as given: an HMAC needs the secret itself, so it cannot be hashed.
+    secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    # SHA-256 of the key: keys are 256 random bits, so a fast hash is enough and lookups stay O(1).
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(300))
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    phone: Mapped[str | None] = mapped_column(String(20), default=None)
+    status: Mapped[str] = mapped_column(String(20), default="prospect")
+    role: Mapped[str] = mapped_column(String(20), default="prospect")
+    channel_preference: Mapped[str | None] = mapped_column(String(20), default=None)
+    source: Mapped[str] = mapped_column(String(100), default="api")
+    referral_source: Mapped[str | None] = mapped_column(String(300), default=None)
+    language: Mapped[str] = mapped_column(String(2), default="en")
+    applied_at: Mapped[datetime | None] = mapped_column(default=None)
+    notes: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        # The database itself refuses two live contacts of a tenant with one phone or one email.
+        Index(
+            "uq_contacts_tenant_phone_live",
+            "tenant_id",
+            "phone",
+            unique=True,
+            postgresql_where=LIVE,
+            sqlite_where=LIVE,
+        ),
+        Index(
+            "uq_contacts_tenant_email_live",
+            "tenant_id",
+            "email",
+            unique=True,
+            postgresql_where=LIVE,
+            sqlite_where=LIVE,
+        ),
+        Index(
+            "ix_contacts_tenant_created",
+            "tenant_id",
+            "created_at",
+            "id",
+            postgresql_where=LIVE,
+            sqlite_where=LIVE,
+        ),
+        Index(
+            "ix_contacts_tenant_status_created",
+            "tenant_id",
+            "status",
+            "created_at",
+            postgresql_where=LIVE,
+            sqlite_where=LIVE,
+        ),
+        Index(
+            "ix_contacts_tenant_role_created",
+            "tenant_id",
+            "role",
+            "created_at",
+            postgresql_where=LIVE,
+            sqlite_where=LIVE,
+        ),
+        Index(
+            "ix_contacts_tenant_channel_created",
+            "tenant_id",
+            "channel_preference",
+            "created_at",
+            postgresql_where=LIVE,
+            sqlite_where=LIVE,
+        ),
+    )
+
+
+class ContactIdentity(Base):
+    """A channel's own id for a sender (a Telegram user id, a WhatsApp id) and the contact it is."""
+
+    __tablename__ = "contact_identities"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(20))
+    sender_id: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index(
+            "uq_contact_identities_sender", "tenant_id", "channel", "sender_id", unique=True
+        ),
+    )
+
+
+class Message(Base):
+    """An inbound message: stored when a webhook accepts it, then handled by the worker."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    channel: Mapped[str] = mapped_column(String(20))
+    provider_message_id: Mapped[str] = mapped_column(String(300))
+    contact_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("contacts.id"), default=None)
+    body: Mapped[str | None] = mapped_column(Text, default=None)
+    media: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # The normalized InboundMessage as JSON: what the worker ingests and a replay re-reads.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    accepted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    handled_at: Mapped[datetime | None] = mapped_column(default=None)
+    request_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    __table_args__ = (
+        Index(
+            "uq_messages_provider_id", "tenant_id", "channel", "provider_message_id", unique=True
+        ),
+        Index("ix_messages_contact_received", "tenant_id", "contact_id", "received_at"),
+        # Small: only unhandled rows, which the worker drains and the reconciler sweeps.
+        Index(
+            "ix_messages_pending",
+            "tenant_id",
+            "accepted_at",
+            postgresql_where=PENDING,
+            sqlite_where=PENDING,
+        ),
+        Index("ix_messages_state", "state", "accepted_at"),
+    )
+
+
+class IdempotencyKey(Base):
+    """A create request's Idempotency-Key, its body's hash and, once done, the response to replay."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WebhookNonce(Base):
+    """A provider token seen once (Mailgun's `token`): seen again, the request is a replay."""
+
+    __tablename__ = "webhook_nonces"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+

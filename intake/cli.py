@@ -1,0 +1,207 @@
+"""The `intake` command: thin wrappers over the same functions the app and the worker use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from intake.settings import Settings, get_settings
+from models.db import Database
+from models.tenants import (
+    InvalidTenantSettingError,
+    TenantNotFoundError,
+    configure_tenant,
+    create_tenant,
+)
+
+
+class CommandError(Exception):
+    """A user's mistake or an unreachable service: printed as one line, exit status 1."""
+
+
+def _tenant_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise CommandError(f"not a tenant id: {text!r}") from None
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> None:
+    from models.migrate import upgrade
+
+    upgrade(settings.database_url)
+    print(f"schema is at head on {_redacted(settings.database_url)}")
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from worker.runner import run_worker
+
+    run_worker(settings, concurrency=args.concurrency)
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
+    from intake.dev import run_dev
+
+    run_dev(settings, host=args.host, port=args.port)
+
+
+def cmd_demo(settings: Settings, _args: argparse.Namespace) -> None:
+    from intake.demo import run_demo
+
+    run_demo(settings)
+
+
+def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> None:
+    db = Database(settings.database_url)
+    try:
+        with db.unit_of_work() as session:
+            new = create_tenant(session, name=args.name, region=args.region)
+            tenant_id, name = str(new.tenant.id), new.tenant.name
+    except InvalidTenantSettingError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"id": tenant_id, "name": name, "api_key": new.api_key}))
+    else:
+        print(f"id: {tenant_id}")
+        print(f"name: {name}")
+        print(f"api_key: {new.api_key}")
+        print("The API key is shown only this once: keep it now.", file=sys.stderr)
+
+
+def cmd_tenant_configure(settings: Settings, args: argparse.Namespace) -> None:
+    values: dict[str, str] = {}
+    for pair in args.pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"expected KEY=VALUE, got {pair!r}")
+        values[key.strip()] = value
+    db = Database(settings.database_url)
+    try:
+        with db.unit_of_work() as session:
+            configure_tenant(session, tenant_id=_tenant_id(args.tenant_id), values=values)
+    except (InvalidTenantSettingError, TenantNotFoundError) as exc:
+        raise CommandError(str(exc).strip("'\"")) from None
+    print(f"configured {', '.join(sorted(values))} for tenant {args.tenant_id}")
+
+
+def cmd_events_failed(settings: Settings, args: argparse.Namespace) -> None:
+    from worker.events import list_failed
+
+    tenant_id = _tenant_id(args.tenant) if args.tenant else None
+    rows = list_failed(Database(settings.database_url), tenant_id=tenant_id)
+    if args.json:
+        print(json.dumps([row.to_json() for row in rows]))
+        return
+    if not rows:
+        print("no failed messages")
+        return
+    for row in rows:
+        print(row.line())
+
+
+def cmd_events_replay(settings: Settings, args: argparse.Namespace) -> None:
+    from worker.events import UnknownEventError, replay
+
+    ids = []
+    for text in args.ids:
+        try:
+            ids.append(uuid.UUID(text))
+        except ValueError:
+            raise CommandError(f"not a message id: {text!r}") from None
+    try:
+        count = replay(Database(settings.database_url), settings, message_ids=ids)
+    except UnknownEventError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"replayed {count} message(s)")
+
+
+def _redacted(url: str) -> str:
+    """A URL fit for a log line: any password replaced."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported by the command that uses it
+        return "<database url>"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intake", description=__doc__)
+    parser.add_argument("--log-json", action="store_true", help="one JSON object a log line")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[Settings, argparse.Namespace], None], help_: str,
+            parent: argparse._SubParsersAction = commands) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=help_)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("migrate", cmd_migrate, "create or upgrade the schema")
+    for name, handler, help_ in (("serve", cmd_serve, "the HTTP app"),
+                                 ("dev", cmd_dev, "app and worker in one process, embedded")):
+        sub = add(name, handler, help_)
+        sub.add_argument("--host", default="127.0.0.1")
+        sub.add_argument("--port", type=int, default=8000)
+    worker = add("worker", cmd_worker, "a Celery worker that ingests queued messages")
+    worker.add_argument("--concurrency", type=int, default=1)
+    add("demo", cmd_demo, "run the whole pipeline on bundled sample webhooks")
+
+    tenant = commands.add_parser("tenant", help="create and configure tenants")
+    tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
+    create = add("create", cmd_tenant_create, "a new tenant and its API key", tenant_commands)
+    create.add_argument("name")
+    create.add_argument("--region", default="US", help="phone region, e.g. US, GB, BR")
+    create.add_argument("--json", action="store_true")
+    configure = add("configure", cmd_tenant_configure, "set channel secrets", tenant_commands)
+    configure.add_argument("tenant_id")
+    configure.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+
+    events = commands.add_parser("events", help="failed inbound messages")
+    event_commands = events.add_subparsers(dest="events_command", required=True)
+    failed = add("failed", cmd_events_failed, "list messages that could not be ingested",
+                 event_commands)
+    failed.add_argument("--tenant")
+    failed.add_argument("--json", action="store_true")
+    replay = add("replay", cmd_events_replay, "put failed messages back on the queue",
+                 event_commands)
+    replay.add_argument("ids", nargs="+", metavar="ID")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        if args.log_json:
+            settings = settings.model_copy(update={"log_json": True})
+        args.handler(settings, args)
+    except CommandError as exc:
+        print(f"intake: {exc}", file=sys.stderr)
+        return 1
+    except OperationalError as exc:
+        print(f"intake: cannot reach the database: {str(exc.orig).strip().splitlines()[0]}",
+              file=sys.stderr)
+        return 1
+    except ProgrammingError:
+        print("intake: the database has no schema yet: run `intake migrate`", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,4 @@
-"""Intake: provider webhooks in, deduplicated contacts out. This package holds the settings and the command line."""
+"""Intake: provider webhooks in, deduplicated contacts out.
+
+This package holds the settings, the command line and the demo.
+"""

@@ -40,7 +40,6 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> None:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
-
     from api.app import create_app
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
@@ -113,14 +112,14 @@ def cmd_events_failed(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_events_replay(settings: Settings, args: argparse.Namespace) -> None:
-    from worker.events import UnknownEventError, replay
-
     ids = []
     for text in args.ids:
         try:
             ids.append(uuid.UUID(text))
         except ValueError:
             raise CommandError(f"not a message id: {text!r}") from None
+    from worker.events import UnknownEventError, replay
+
     try:
         count = replay(Database(settings.database_url), settings, message_ids=ids)
     except UnknownEventError as exc:
@@ -141,17 +140,27 @@ def _redacted(url: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intake", description=__doc__)
     parser.add_argument("--log-json", action="store_true", help="one JSON object a log line")
+    # Accepted after the command too (`intake serve --log-json`); SUPPRESS keeps an absent
+    # flag there from undoing one given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Callable[[Settings, argparse.Namespace], None], help_: str,
-            parent: argparse._SubParsersAction = commands) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-        sub: argparse.ArgumentParser = parent.add_parser(name, help=help_)
+    def add(
+        name: str,
+        handler: Callable[[Settings, argparse.Namespace], None],
+        help_: str,
+        parent: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
+    ) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=help_, parents=[common])
         sub.set_defaults(handler=handler)
         return sub
 
     add("migrate", cmd_migrate, "create or upgrade the schema")
-    for name, handler, help_ in (("serve", cmd_serve, "the HTTP app"),
-                                 ("dev", cmd_dev, "app and worker in one process, embedded")):
+    for name, handler, help_ in (
+        ("serve", cmd_serve, "the HTTP app"),
+        ("dev", cmd_dev, "app and worker in one process, embedded"),
+    ):
         sub = add(name, handler, help_)
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=8000)
@@ -171,12 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     events = commands.add_parser("events", help="failed inbound messages")
     event_commands = events.add_subparsers(dest="events_command", required=True)
-    failed = add("failed", cmd_events_failed, "list messages that could not be ingested",
-                 event_commands)
+    failed = add(
+        "failed", cmd_events_failed, "list messages that could not be ingested", event_commands
+    )
     failed.add_argument("--tenant")
     failed.add_argument("--json", action="store_true")
-    replay = add("replay", cmd_events_replay, "put failed messages back on the queue",
-                 event_commands)
+    replay = add(
+        "replay", cmd_events_replay, "put failed messages back on the queue", event_commands
+    )
     replay.add_argument("ids", nargs="+", metavar="ID")
     return parser
 
@@ -191,12 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"intake: {exc}", file=sys.stderr)
         return 1
-    except OperationalError as exc:
-        print(f"intake: cannot reach the database: {str(exc.orig).strip().splitlines()[0]}",
-              file=sys.stderr)
-        return 1
-    except ProgrammingError:
-        print("intake: the database has no schema yet: run `intake migrate`", file=sys.stderr)
+    except (OperationalError, ProgrammingError) as exc:
+        first_line = (str(exc.orig).strip().splitlines() or ["unknown error"])[0]
+        if isinstance(exc, ProgrammingError) or "no such table" in first_line:
+            print("intake: the database has no schema yet: run `intake migrate`", file=sys.stderr)
+        else:
+            print(f"intake: cannot reach the database: {first_line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

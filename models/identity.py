@@ -1,4 +1,4 @@
-"""Phone and email identities: parsed, validated and put in the one form they are stored and matched in."""
+"""Phone and email identities: parsed, validated, and put in the one form they are matched in."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def normalize_phone(raw: str, region: str = "US", *, international: bool = False
 
 
 def normalize_email(raw: str) -> str:
-    """The address validated (syntax only, no DNS) and lowercased whole, as the interface stores it."""
+    """The address validated (syntax only, no DNS) and lowercased whole, as it is stored."""
     try:
         result = validate_email(raw.strip(), check_deliverability=False)
     except EmailNotValidError as exc:

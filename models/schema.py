@@ -1,10 +1,10 @@
-"""The tables. Every row that belongs to a tenant carries `tenant_id`, and every query starts from it."""
+"""The tables. Every row of a tenant carries `tenant_id`, and every query starts from it."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -49,7 +49,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON}
 
 
 LIVE = text("deleted_at IS NULL")
@@ -165,9 +165,7 @@ class ContactIdentity(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
-        Index(
-            "uq_contact_identities_sender", "tenant_id", "channel", "sender_id", unique=True
-        ),
+        Index("uq_contact_identities_sender", "tenant_id", "channel", "sender_id", unique=True),
     )
 
 
@@ -211,7 +209,7 @@ class Message(Base):
 
 
 class IdempotencyKey(Base):
-    """A create request's Idempotency-Key, its body's hash and, once done, the response to replay."""
+    """A create request's Idempotency-Key, its body's hash and, when done, the response."""
 
     __tablename__ = "idempotency_keys"
 
@@ -233,4 +231,3 @@ class WebhookNonce(Base):
     kind: Mapped[str] = mapped_column(String(20), primary_key=True)
     value: Mapped[str] = mapped_column(String(200), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-

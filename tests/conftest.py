@@ -36,8 +36,9 @@ def postgres_url() -> Iterator[str]:
     """A fresh database of this run's own, migrated to head, dropped at the end."""
     name = f"intake_test_{uuid.uuid4().hex[:12]}"
     try:
-        admin = psycopg.connect(PG_ADMIN_DSN + " dbname=postgres", autocommit=True,
-                                connect_timeout=5)
+        admin = psycopg.connect(
+            PG_ADMIN_DSN + " dbname=postgres", autocommit=True, connect_timeout=5
+        )
     except psycopg.OperationalError as exc:
         _unavailable("PostgreSQL", exc)
     with admin:

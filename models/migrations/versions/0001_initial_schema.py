@@ -20,10 +20,10 @@ LIVE = sa.text("deleted_at IS NULL")
 PENDING = sa.text("state = 'pending'")
 
 
-def _partial(name: str, table: str, columns: list[str], where: sa.TextClause, *,
-             unique: bool = False) -> None:
-    op.create_index(name, table, columns, unique=unique, postgresql_where=where,
-                    sqlite_where=where)
+def _partial(
+    name: str, table: str, columns: list[str], where: sa.TextClause, *, unique: bool = False
+) -> None:
+    op.create_index(name, table, columns, unique=unique, postgresql_where=where, sqlite_where=where)
 
 
 def upgrade() -> None:
@@ -65,15 +65,17 @@ def upgrade() -> None:
         sa.Column("updated_at", TS, nullable=False),
         sa.Column("deleted_at", TS, nullable=True),
     )
-    _partial("uq_contacts_tenant_phone_live", "contacts", ["tenant_id", "phone"], LIVE,
-             unique=True)
-    _partial("uq_contacts_tenant_email_live", "contacts", ["tenant_id", "email"], LIVE,
-             unique=True)
+    _partial("uq_contacts_tenant_phone_live", "contacts", ["tenant_id", "phone"], LIVE, unique=True)
+    _partial("uq_contacts_tenant_email_live", "contacts", ["tenant_id", "email"], LIVE, unique=True)
     _partial("ix_contacts_tenant_created", "contacts", ["tenant_id", "created_at", "id"], LIVE)
     for column in ("status", "role", "channel_preference"):
         short = "channel" if column == "channel_preference" else column
-        _partial(f"ix_contacts_tenant_{short}_created", "contacts",
-                 ["tenant_id", column, "created_at"], LIVE)
+        _partial(
+            f"ix_contacts_tenant_{short}_created",
+            "contacts",
+            ["tenant_id", column, "created_at"],
+            LIVE,
+        )
     if op.get_bind().dialect.name == "postgresql":
         # Substring search (`ILIKE '%…%'`) on name, email and phone at 100,000 contacts a tenant.
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
@@ -93,8 +95,12 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
     )
     op.create_index("ix_contact_identities_contact_id", "contact_identities", ["contact_id"])
-    op.create_index("uq_contact_identities_sender", "contact_identities",
-                    ["tenant_id", "channel", "sender_id"], unique=True)
+    op.create_index(
+        "uq_contact_identities_sender",
+        "contact_identities",
+        ["tenant_id", "channel", "sender_id"],
+        unique=True,
+    )
 
     op.create_table(
         "messages",
@@ -114,10 +120,15 @@ def upgrade() -> None:
         sa.Column("handled_at", TS, nullable=True),
         sa.Column("request_id", sa.String(64), nullable=True),
     )
-    op.create_index("uq_messages_provider_id", "messages",
-                    ["tenant_id", "channel", "provider_message_id"], unique=True)
-    op.create_index("ix_messages_contact_received", "messages",
-                    ["tenant_id", "contact_id", "received_at"])
+    op.create_index(
+        "uq_messages_provider_id",
+        "messages",
+        ["tenant_id", "channel", "provider_message_id"],
+        unique=True,
+    )
+    op.create_index(
+        "ix_messages_contact_received", "messages", ["tenant_id", "contact_id", "received_at"]
+    )
     _partial("ix_messages_pending", "messages", ["tenant_id", "accepted_at"], PENDING)
     op.create_index("ix_messages_state", "messages", ["state", "accepted_at"])
 
@@ -144,6 +155,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("webhook_nonces", "idempotency_keys", "messages", "contact_identities",
-                  "contacts", "api_keys", "tenants"):
+    for table in (
+        "webhook_nonces",
+        "idempotency_keys",
+        "messages",
+        "contact_identities",
+        "contacts",
+        "api_keys",
+        "tenants",
+    ):
         op.drop_table(table)

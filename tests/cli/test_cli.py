@@ -1,0 +1,144 @@
+"""The `intake` command: its output, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from models.db import Database
+from models.schema import ApiKey, Tenant
+from models.tenants import hash_api_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def intake(
+    *args: str, database_url: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "INTAKE_DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "intake", *args],
+        env=env,
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0]
+
+
+def test_tenant_create_json_prints_id_name_and_key(db: Database) -> None:
+    """`tenant create --json` prints id, name and a key that is stored only as a hash."""
+    result = intake(
+        "tenant", "create", "Acme Lettings", "--region", "gb", "--json", database_url=db.url
+    )
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert set(created) == {"id", "name", "api_key"}
+    assert created["name"] == "Acme Lettings"
+    with db.unit_of_work() as session:
+        tenant = session.get(Tenant, uuid.UUID(created["id"]))
+        assert tenant is not None
+        assert tenant.region == "GB"
+        hashes = session.scalars(select(ApiKey.key_hash).where(ApiKey.tenant_id == tenant.id))
+        assert list(hashes) == [hash_api_key(created["api_key"])]
+
+
+def test_tenant_create_plain_prints_id_and_key(db: Database) -> None:
+    """Without --json the id and the key are printed as labelled lines."""
+    result = intake("tenant", "create", "Plain", database_url=db.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("id: ")
+    assert "api_key: intk_" in result.stdout
+
+
+def test_tenant_configure_sets_secrets(db: Database) -> None:
+    """`tenant configure` stores channel secrets on the tenant."""
+    created = json.loads(intake("tenant", "create", "T", "--json", database_url=db.url).stdout)
+    result = intake(
+        "tenant",
+        "configure",
+        created["id"],
+        "twilio_auth_token=abc",
+        "telegram_secret_token=s3cret",
+        database_url=db.url,
+    )
+    assert result.returncode == 0, result.stderr
+    with db.unit_of_work() as session:
+        tenant = session.get(Tenant, uuid.UUID(created["id"]))
+        assert tenant is not None
+        assert tenant.secrets == {"twilio_auth_token": "abc", "telegram_secret_token": "s3cret"}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("tenant", "create", "X", "--region", "ZZ"), "unknown region"),
+        (("tenant", "create", "  "), "needs a name"),
+        (("tenant", "configure", "not-a-uuid", "twilio_auth_token=x"), "not a tenant id"),
+        (("tenant", "configure", str(uuid.uuid4()), "twilio_auth_token=x"), "no tenant"),
+        (("events", "replay", "nope"), "not a message id"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(db: Database, args: tuple[str, ...], fragment: str) -> None:
+    """Bad input exits non-zero with one line, never a traceback."""
+    assert_one_line_error(intake(*args, database_url=db.url), fragment)
+
+
+def test_unknown_configure_key_is_refused(db: Database) -> None:
+    """An unknown secret name is refused and nothing is stored."""
+    created = json.loads(intake("tenant", "create", "T", "--json", database_url=db.url).stdout)
+    result = intake(
+        "tenant", "configure", created["id"], "twilio_auth_token=a", "bogus=1", database_url=db.url
+    )
+    assert_one_line_error(result, "unknown key 'bogus'")
+    with db.unit_of_work() as session:
+        tenant = session.get(Tenant, uuid.UUID(created["id"]))
+        assert tenant is not None
+        assert tenant.secrets == {}
+
+
+def test_unreachable_database_is_a_one_line_error() -> None:
+    """A database that does not answer is reported in one line."""
+    result = intake(
+        "tenant", "create", "X", database_url="postgresql+psycopg://postgres@127.0.0.1:9/nowhere"
+    )
+    assert_one_line_error(result, "cannot reach the database")
+
+
+def test_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
+    """A database without the schema says which command makes it."""
+    result = intake("tenant", "create", "X", database_url=f"sqlite:///{tmp_path / 'empty.db'}")
+    assert_one_line_error(result, "intake migrate")
+
+
+def test_migrate_creates_the_schema_on_the_embedded_default(tmp_path: Path) -> None:
+    """`intake migrate` with no configuration makes ./intake.db."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "intake", "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "intake.db").exists()

@@ -1,0 +1,97 @@
+"""Prometheus metrics: webhook counters of this process, pipeline figures from the database.
+
+Webhook traffic is counted where it happens. What the workers do (ingested, failed, contacts
+created, queue depth and age) is read from the database at scrape time, so it is right however
+many worker processes there are and whichever app process is scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from models.db import Database
+from models.stats import pipeline_stats
+
+
+class _PipelineCollector(Collector):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        with self.db.sessions() as session:
+            stats = pipeline_stats(session)
+        messages = GaugeMetricFamily(
+            "intake_messages", "Inbound messages by channel and state", labels=["channel", "state"]
+        )
+        ingested = CounterMetricFamily(
+            "intake_messages_ingested", "Messages ingested into a contact", labels=["channel"]
+        )
+        failed = GaugeMetricFamily(
+            "intake_messages_failed", "Messages parked as failed", labels=["channel"]
+        )
+        for (channel, state), count in sorted(stats.messages.items()):
+            messages.add_metric([channel, state], count)
+            if state == "handled":
+                ingested.add_metric([channel], count)
+            elif state == "failed":
+                failed.add_metric([channel], count)
+        created = CounterMetricFamily(
+            "intake_contacts_created", "Contacts created from inbound messages", labels=["source"]
+        )
+        for source, count in sorted(stats.contacts_by_source.items()):
+            created.add_metric([source], count)
+        yield messages
+        yield ingested
+        yield failed
+        yield created
+        yield GaugeMetricFamily(
+            "intake_queue_depth", "Accepted messages not yet handled", value=stats.pending
+        )
+        yield GaugeMetricFamily(
+            "intake_queue_oldest_age_seconds",
+            "Age of the oldest accepted message not yet handled",
+            value=stats.oldest_pending_age_seconds,
+        )
+
+
+class Metrics:
+    """One registry per app, so that several apps in one process (tests) never share counts."""
+
+    def __init__(self, db: Database) -> None:
+        self.registry = CollectorRegistry()
+        self.webhooks_received = Counter(
+            "intake_webhooks_received",
+            "Webhook requests received",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.webhooks_rejected = Counter(
+            "intake_webhooks_rejected",
+            "Webhook requests refused",
+            ["channel", "reason"],
+            registry=self.registry,
+        )
+        self.messages_accepted = Counter(
+            "intake_messages_accepted",
+            "Messages durably accepted",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.registry.register(_PipelineCollector(db))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

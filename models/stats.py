@@ -1,0 +1,59 @@
+"""Pipeline figures for operators, read from the database so they hold across processes.
+
+These are the one deliberate exception to tenant scoping: an operator's totals over all
+tenants, never returned to a tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.schema import Contact, Message, utcnow
+
+INBOUND_SOURCES = ("whatsapp", "telegram", "sms", "email")
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    messages: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, state) -> n
+    contacts_by_source: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+    oldest_pending_age_seconds: float = 0.0
+
+
+def pipeline_stats(session: Session, *, now: datetime | None = None) -> PipelineStats:
+    now = now or utcnow()
+    messages = {
+        (channel, state): count
+        for channel, state, count in session.execute(
+            select(Message.channel, Message.state, func.count()).group_by(
+                Message.channel, Message.state
+            )
+        )
+    }
+    contacts: dict[str, int] = {
+        source: count
+        for source, count in session.execute(
+            select(Contact.source, func.count())
+            .where(Contact.source.in_(INBOUND_SOURCES))
+            .group_by(Contact.source)
+        )
+    }
+    oldest = session.scalar(
+        select(Message.accepted_at)
+        .where(Message.state == "pending")
+        .order_by(Message.accepted_at)
+        .limit(1)
+    )
+    pending = sum(n for (_, state), n in messages.items() if state == "pending")
+    age = max((now - oldest).total_seconds(), 0.0) if oldest else 0.0
+    return PipelineStats(
+        messages=messages,
+        contacts_by_source=contacts,
+        pending=pending,
+        oldest_pending_age_seconds=age,
+    )

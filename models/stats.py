@@ -35,14 +35,15 @@ def pipeline_stats(session: Session, *, now: datetime | None = None) -> Pipeline
             )
         )
     }
-    contacts: dict[str, int] = {
-        source: count
-        for source, count in session.execute(
+    contacts = dict(
+        session.execute(
             select(Contact.source, func.count())
             .where(Contact.source.in_(INBOUND_SOURCES))
             .group_by(Contact.source)
         )
-    }
+        .tuples()
+        .all()
+    )
     oldest = session.scalar(
         select(Message.accepted_at)
         .where(Message.state == "pending")

@@ -1,0 +1,187 @@
+"""Provider webhooks: read the body within its limit, verify and parse it, accept it durably.
+
+The route does no ingestion: a 2xx means the message is committed to the inbox, and the worker
+does the rest. Every refusal is counted and logged with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.metrics import Metrics
+from api.public_url import public_url
+from channels.base import ChannelAdapter, ChannelError, Parsed, RawRequest
+from channels.registry import ADAPTERS
+from intake.logs import request_id_var
+from intake.settings import Settings
+from models.db import Database
+from models.tenants import TenantNotFoundError, get_tenant
+from worker.accept import AcceptUnavailableError, NonceReplayedError, accept
+from worker.dispatch import Dispatcher
+
+log = logging.getLogger("intake.webhooks")
+
+MAX_BODY = 1024 * 1024
+MAX_EMAIL_BODY = 25 * 1024 * 1024
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+
+class WebhookRefusedError(Exception):
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.reason, self.detail = status, reason, detail
+
+
+class TenantSecrets:
+    """Tenants' channel secrets, cached for a few seconds: every webhook needs them."""
+
+    ttl_seconds = 5.0
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cache: dict[uuid.UUID, tuple[float, dict[str, str]]] = {}
+
+    def get(self, tenant_id: uuid.UUID) -> dict[str, str]:
+        hit = self._cache.get(tenant_id)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        with self.db.sessions() as session:
+            secrets = dict(get_tenant(session, tenant_id=tenant_id).secrets)
+        self._cache[tenant_id] = (time.monotonic() + self.ttl_seconds, secrets)
+        return secrets
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # refused while reading, whatever Content-Length claimed
+            raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answer(adapter: ChannelAdapter, parsed: Parsed) -> Response:
+    if parsed.reply is not None:
+        return PlainTextResponse(parsed.reply)
+    if adapter.route == "twilio":
+        return Response(TWIML_EMPTY, media_type="text/xml")
+    return JSONResponse({"ok": True})
+
+
+def _refusal(status: int, detail: str) -> Response:
+    return JSONResponse(
+        {"type": "about:blank", "title": _TITLES.get(status, "Refused"), "status": status,
+         "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
+
+
+_TITLES = {
+    400: "Malformed request",
+    403: "Forbidden",
+    404: "Not Found",
+    413: "Payload Too Large",
+    503: "Service Unavailable",
+}
+
+
+async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Request) -> Response:
+    app = request.app
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    channel = adapter.route.split("/")[0]
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    token = request_id_var.set(request_id[:64])
+    metrics.webhooks_received.labels(channel).inc()
+    try:
+        try:
+            tenant = uuid.UUID(tenant_id)
+        except ValueError:
+            raise WebhookRefusedError(404, "unknown_tenant", "no such tenant") from None
+        limit = MAX_EMAIL_BODY if channel == "email" else MAX_BODY
+        body = await _read_body(request, limit)
+        try:
+            secrets = await run_in_threadpool(app.state.tenant_secrets.get, tenant)
+        except TenantNotFoundError:
+            raise WebhookRefusedError(404, "unknown_tenant", "no such tenant") from None
+        raw = RawRequest(
+            method=request.method,
+            url=public_url(request, settings),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            query=dict(request.query_params),
+        )
+        try:
+            parsed = adapter.parse(raw, secrets, datetime.now(UTC))
+        except ChannelError as exc:
+            raise WebhookRefusedError(exc.status, exc.reason, str(exc)) from None
+        if parsed.messages or parsed.nonce:
+            nonce = (adapter.route, parsed.nonce) if parsed.nonce else None
+            try:
+                result = await run_in_threadpool(
+                    accept, app.state.db, app.state.dispatcher, tenant_id=tenant,
+                    messages=parsed.messages, nonce=nonce, request_id=request_id,
+                )
+            except NonceReplayedError:
+                raise WebhookRefusedError(403, "replay", "this request was seen before") from None
+            except AcceptUnavailableError as exc:
+                raise WebhookRefusedError(503, "unavailable", str(exc)) from None
+            metrics.messages_accepted.labels(channel).inc(result.new)
+        log.info(
+            "webhook.accepted",
+            extra={"channel": channel, "tenant_id": str(tenant),
+                   "messages": len(parsed.messages), "ignored": list(parsed.ignored)},
+        )
+        return _answer(adapter, parsed)
+    except WebhookRefusedError as exc:
+        metrics.webhooks_rejected.labels(channel, exc.reason).inc()
+        log.warning(
+            "webhook.rejected",
+            extra={"channel": channel, "tenant_id": tenant_id, "status": exc.status,
+                   "reason": exc.reason, "detail": exc.detail},
+        )
+        return _refusal(exc.status, exc.detail)
+    finally:
+        request_id_var.reset(token)
+
+
+def _endpoint(adapter: ChannelAdapter) -> Callable[[str, Request], Awaitable[Response]]:
+    async def endpoint(tenant_id: str, request: Request) -> Response:
+        return await handle_webhook(adapter, tenant_id, request)
+
+    return endpoint
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": title, "content": {"application/problem+json": {}}}
+    for code, title in _TITLES.items()
+}
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/webhooks/{tenant_id}", tags=["webhooks"])
+    for adapter in ADAPTERS:
+        methods = ["GET", "POST"] if adapter.route == "whatsapp" else ["POST"]
+        router.add_api_route(
+            f"/{adapter.route}",
+            _endpoint(adapter),
+            methods=methods,
+            name=f"webhook_{adapter.route.replace('/', '_')}",
+            summary=f"{adapter.route} webhook",
+            responses=_RESPONSES,
+        )
+    return router

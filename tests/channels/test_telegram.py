@@ -288,13 +288,27 @@ def test_any_bytes_with_valid_token_give_parsed_or_channel_error(body: bytes) ->
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
 message_keys = st.sampled_from(
-    ["message_id", "date", "chat", "from", "text", "caption", "photo", "document", "contact",
-     "location", "voice", "sticker", "sender_chat"]
+    [
+        "message_id",
+        "date",
+        "chat",
+        "from",
+        "text",
+        "caption",
+        "photo",
+        "document",
+        "contact",
+        "location",
+        "voice",
+        "sticker",
+        "sender_chat",
+    ]
 )
 
 
@@ -314,8 +328,11 @@ def update_like(draw: st.DrawFn) -> dict[str, Any]:
         message["from"] = draw(
             st.fixed_dictionaries(
                 {"id": json_values, "is_bot": json_values, "first_name": json_values},
-                optional={"last_name": json_values, "language_code": json_values,
-                          "username": json_values},
+                optional={
+                    "last_name": json_values,
+                    "language_code": json_values,
+                    "username": json_values,
+                },
             )
         )
     return base

@@ -29,6 +29,7 @@ from channels.base import (
     RawRequest,
     require_secret,
 )
+from channels.text import storable
 
 SECRET_NAME = "email_webhook_secret"  # noqa: S105  # the setting's name, not a secret
 SIGNATURE_HEADER = "x-intake-signature"
@@ -95,19 +96,16 @@ def parse_message(body: bytes, now: datetime) -> Parsed:
         message_id = email_parse.fallback_message_id(
             sender=mailbox.address, date=date, subject=subject, text=text
         )
-    return Parsed(
-        messages=(
-            InboundMessage(
-                channel="email",
-                provider_message_id=message_id,
-                received_at=email_parse.received_at(date, now),
-                email=mailbox.address,
-                display_name=mailbox.display_name,
-                text=text,
-                media=_attachments(message),
-            ),
-        )
+    inbound = InboundMessage(
+        channel="email",
+        provider_message_id=message_id,
+        received_at=email_parse.received_at(date, now),
+        email=mailbox.address,
+        display_name=mailbox.display_name,
+        text=text,
+        media=_attachments(message),
     )
+    return Parsed(messages=(storable(inbound),))
 
 
 def _unfold(value: str) -> str:

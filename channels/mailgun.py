@@ -39,6 +39,7 @@ from channels.base import (
     ReplayedRequestError,
     require_secret,
 )
+from channels.text import storable
 
 SECRET_NAME = "mailgun_signing_key"  # noqa: S105  # the setting's name, not a secret
 MAX_AGE = timedelta(minutes=15)
@@ -247,20 +248,16 @@ def _parse_message(form: Form, now: datetime, *, nonce: str) -> Parsed:
         message_id = email_parse.fallback_message_id(
             sender=mailbox.address, date=date, subject=subject, text=text
         )
-    return Parsed(
-        messages=(
-            InboundMessage(
-                channel="email",
-                provider_message_id=message_id,
-                received_at=email_parse.received_at(date, now),
-                email=mailbox.address,
-                display_name=mailbox.display_name,
-                text=text,
-                media=(*form.files, *_stored_attachments(form)),
-            ),
-        ),
-        nonce=nonce,
+    inbound = InboundMessage(
+        channel="email",
+        provider_message_id=message_id,
+        received_at=email_parse.received_at(date, now),
+        email=mailbox.address,
+        display_name=mailbox.display_name,
+        text=text,
+        media=(*form.files, *_stored_attachments(form)),
     )
+    return Parsed(messages=(storable(inbound),), nonce=nonce)
 
 
 ADAPTER = MailgunAdapter()

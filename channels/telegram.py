@@ -32,6 +32,7 @@ from channels.base import (
     RawRequest,
     require_secret,
 )
+from channels.text import storable
 
 # Names of a tenant setting and of a header, not secrets themselves.
 SECRET_NAME = "telegram_secret_token"  # noqa: S105
@@ -67,7 +68,7 @@ class TelegramAdapter:
             return Parsed(ignored=("no person sender",))
         if user.is_bot:
             return Parsed(ignored=("bot sender",))
-        return Parsed(messages=(_inbound_from(message),))
+        return Parsed(messages=(storable(_inbound_from(message)),))
 
 
 def verify_secret_token(request: RawRequest, expected: str) -> None:

@@ -22,6 +22,7 @@ from channels.base import (
     ReplayedRequestError,
 )
 from channels.mailgun import ADAPTER, sign
+from channels.text import storable
 
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "email" / "mailgun"
 KEY = "key-7f3c9a1e5b2d4f6a8c0e1b3d5f7a9c2e"  # the key the recorded payloads were signed with
@@ -279,6 +280,8 @@ def _parsed_or_channel_error(raw: RawRequest) -> None:
     except ChannelError:
         return
     assert isinstance(result, Parsed)
+    # Whatever text a payload carries, what is handed on can be stored as it is.
+    assert all(message == storable(message) for message in result.messages)
 
 
 content_types = st.sampled_from([FORM, MULTIPART, "multipart/form-data", "text/plain", ""])

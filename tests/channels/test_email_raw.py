@@ -20,6 +20,7 @@ from channels.base import (
     RawRequest,
 )
 from channels.email_raw import ADAPTER, sign
+from channels.text import storable
 
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "email" / "raw"
 SECRET = "whsec-raw-email-test-4f1c9e"
@@ -204,6 +205,8 @@ def _parsed_or_channel_error(raw: RawRequest) -> None:
     except ChannelError:
         return
     assert isinstance(result, Parsed)
+    # Whatever text a payload carries, what is handed on can be stored as it is.
+    assert all(message == storable(message) for message in result.messages)
 
 
 @settings(max_examples=200, deadline=None)
@@ -272,3 +275,12 @@ def test_signed_messages_with_hostile_headers_give_parsed_or_channel_error(
     """Messages with odd charsets, encodings, dates and MIME structure never crash the adapter."""
     head = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
     _parsed_or_channel_error(request(sender + head + b"\r\n" + body))
+
+
+def test_undecodable_display_name_is_made_storable() -> None:
+    """Bytes that are not UTF-8 in an encoded word become U+FFFD, not lone surrogates."""
+    body = b"From: =?utf-8?q?Jo=E2=28=A1o?= <joao@example.com>\r\nSubject: oi\r\n\r\nola\x00!"
+    (message,) = ADAPTER.parse(request(body), SECRETS, NOW).messages
+    assert message.display_name == "Jo\ufffd(\ufffdo"
+    assert message.text == "oi\n\nola!"
+    assert message.display_name.encode("utf-8")

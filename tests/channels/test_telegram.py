@@ -22,6 +22,7 @@ from channels.base import (
     RawRequest,
 )
 from channels.telegram import ADAPTER
+from channels.text import storable
 
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "telegram"
 SECRET = "s3cr3t-T0ken_for-telegram"
@@ -268,6 +269,8 @@ def _parsed_or_channel_error(raw: RawRequest) -> None:
     except ChannelError:
         return
     assert isinstance(result, Parsed)
+    # Whatever text a payload carries, what is handed on can be stored as it is.
+    assert all(message == storable(message) for message in result.messages)
 
 
 @settings(max_examples=200, deadline=None)
@@ -343,3 +346,15 @@ def update_like(draw: st.DrawFn) -> dict[str, Any]:
 def test_update_shaped_json_gives_parsed_or_channel_error(data: dict[str, Any]) -> None:
     """Updates with wrong types or missing fields are refused as malformed, never crash."""
     _parsed_or_channel_error(request(json.dumps(data).encode()))
+
+
+def test_surrogates_and_nuls_in_text_are_made_storable() -> None:
+    """JSON escapes for lone surrogates and NUL do not reach the database as they are."""
+    body = payload("text.json").replace(
+        b'"first_name": "Ana",', b'"first_name": "A\\ud800na\\u0000",', 1
+    )
+    data = json.loads(body)
+    data["message"]["text"] = "hi\u0000 there \ud83d"
+    (message,) = ADAPTER.parse(request(json.dumps(data).encode()), SECRETS, NOW).messages
+    assert message.text == "hi there \ufffd"
+    assert message.display_name == "A\ufffdna Souza"

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import phonenumbers
 from telegram import Message, Update
 
 from channels.base import (
@@ -32,6 +31,7 @@ from channels.base import (
     RawRequest,
     require_secret,
 )
+from channels.phones import international_e164
 from channels.text import storable
 
 # Names of a tenant setting and of a header, not secrets themselves.
@@ -178,24 +178,8 @@ def _own_phone(message: Message, user_id: int) -> str | None:
     contact = message.contact
     if contact is None or getattr(contact, "user_id", None) != user_id:
         return None
-    return _e164(getattr(contact, "phone_number", None))
-
-
-def _e164(raw: Any) -> str | None:
-    """Telegram gives a shared contact's number in international form, usually without a `+`."""
-    if not isinstance(raw, str) or not any(ch.isdigit() for ch in raw):
-        return None
-    text = raw.strip()
-    if not text.startswith("+"):
-        text = "+" + text
-    try:
-        number = phonenumbers.parse(text, None)
-    except phonenumbers.NumberParseException:
-        return None
-    # Possible but not known valid is kept: numbering plans change faster than the library.
-    if not phonenumbers.is_possible_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    number = getattr(contact, "phone_number", None)
+    return international_e164(number) if isinstance(number, str) else None
 
 
 def _media(message: Message) -> tuple[Media, ...]:

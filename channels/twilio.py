@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Final
 from urllib.parse import parse_qsl
 
-import phonenumbers
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from channels.base import (
@@ -29,6 +28,8 @@ from channels.base import (
     RawRequest,
     require_secret,
 )
+from channels.phones import international_e164
+from channels.text import storable
 
 CONFIG_KEY: Final = "twilio_auth_token"
 SIGNATURE_HEADER: Final = "x-twilio-signature"
@@ -116,7 +117,8 @@ def parse_params(params: Mapping[str, str], now: datetime) -> Parsed:
     if sender.lower().startswith(WHATSAPP_PREFIX):
         channel = "whatsapp"
         address = sender[len(WHATSAPP_PREFIX) :].strip()
-    phone = e164(address)
+    # Short codes and alphanumeric senders carry no `+`: they are not a person's phone.
+    phone = international_e164(address) if address.startswith("+") else None
     if phone is None:
         return Parsed(ignored=(NOT_A_PHONE,))
 
@@ -137,7 +139,7 @@ def parse_params(params: Mapping[str, str], now: datetime) -> Parsed:
         text=text,
         media=media_of(params),
     )
-    return Parsed(messages=(message,))
+    return Parsed(messages=(storable(message),))
 
 
 def media_of(params: Mapping[str, str]) -> tuple[Media, ...]:
@@ -164,19 +166,6 @@ def media_of(params: Mapping[str, str]) -> tuple[Media, ...]:
 def kind_of(mime_type: str | None) -> str:
     top = (mime_type or "").split("/", 1)[0].lower()
     return top if top in {"image", "audio", "video"} else "document"
-
-
-def e164(address: str) -> str | None:
-    """`address` in E.164, or None for what is not a possible phone number (short codes)."""
-    if not address.startswith("+"):
-        return None
-    try:
-        number = phonenumbers.parse(address, None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_possible_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 ADAPTER: Final = TwilioAdapter()

@@ -25,8 +25,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import phonenumbers
-
 from channels.base import (
     InboundMessage,
     InvalidSignatureError,
@@ -36,6 +34,8 @@ from channels.base import (
     RawRequest,
     require_secret,
 )
+from channels.phones import international_e164
+from channels.text import storable
 
 SIGNING_CONFIG_KEY: Final = "whatsapp_app_secret"
 VERIFY_CONFIG_KEY: Final = "whatsapp_verify_token"
@@ -122,7 +122,7 @@ def parse_notification(payload: Any) -> Parsed:
             found, skipped = parse_change_value(as_object(change.get("value"), "change.value"))
             messages.extend(found)
             ignored.extend(skipped)
-    return Parsed(messages=tuple(messages), ignored=tuple(ignored))
+    return Parsed(messages=tuple(storable(m) for m in messages), ignored=tuple(ignored))
 
 
 def parse_change_value(value: dict[str, Any]) -> tuple[list[InboundMessage], list[str]]:
@@ -236,20 +236,6 @@ def timestamp_of(value: Any) -> datetime:
         return datetime.fromtimestamp(int(value), tz=UTC)
     except (ValueError, OverflowError, OSError) as exc:
         raise MalformedRequestError("message timestamp is not unix seconds") from exc
-
-
-def international_e164(digits: str) -> str | None:
-    """A WhatsApp id (international digits, no `+`) in E.164, or None if not a possible phone."""
-    text = digits.strip()
-    if not text.startswith("+"):
-        text = "+" + text
-    try:
-        number = phonenumbers.parse(text, None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_possible_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def as_object(value: Any, what: str) -> dict[str, Any]:

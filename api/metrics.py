@@ -76,6 +76,14 @@ class Metrics:
             ["channel", "reason"],
             registry=self.registry,
         )
+        self.webhooks_ignored = Counter(
+            "intake_webhooks_ignored", "Verified requests that carried no message from a person",
+            ["channel", "reason"], registry=self.registry,
+        )
+        self.messages_duplicate = Counter(
+            "intake_messages_duplicate", "Redelivered messages acknowledged without a second copy",
+            ["channel"], registry=self.registry,
+        )
         self.messages_accepted = Counter(
             "intake_messages_accepted",
             "Messages durably accepted",

@@ -141,6 +141,9 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             except AcceptUnavailableError as exc:
                 raise WebhookRefusedError(503, "unavailable", str(exc)) from None
             metrics.messages_accepted.labels(channel).inc(result.new)
+            metrics.messages_duplicate.labels(channel).inc(result.duplicate)
+        for reason in parsed.ignored:
+            metrics.webhooks_ignored.labels(channel, reason).inc()
         log.info(
             "webhook.accepted",
             extra={"channel": channel, "tenant_id": str(tenant),

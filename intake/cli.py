@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from intake.logs import configure_logging
 from intake.settings import Settings, get_settings
 from models.db import Database
 from models.tenants import (
@@ -60,6 +63,8 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_demo(settings: Settings, _args: argparse.Namespace) -> None:
     from intake.demo import run_demo
 
+    # The demo tells its own story on stdout; only warnings and errors are logged beside it.
+    configure_logging(json_lines=settings.log_json, level=logging.WARNING)
     run_demo(settings)
 
 
@@ -198,9 +203,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = get_settings()
         if args.log_json:
             settings = settings.model_copy(update={"log_json": True})
+        configure_logging(json_lines=settings.log_json)
         args.handler(settings, args)
     except CommandError as exc:
         print(f"intake: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"INTAKE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"intake: invalid configuration: {problems}", file=sys.stderr)
         return 1
     except (OperationalError, ProgrammingError) as exc:
         first_line = (str(exc.orig).strip().splitlines() or ["unknown error"])[0]

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic.alias_generators import to_camel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.schemas import Problem as ProblemSchema
 from models.contacts import (
@@ -166,18 +167,34 @@ async def _on_domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [_field_error(error) for error in exc.errors()]
+    errors: list[dict[str, str]] = []
+    for error in exc.errors():
+        field_error = _field_error(error)
+        if all(e["field"] != field_error["field"] for e in errors):  # one per field, the first
+            errors.append(field_error)
     return Problem(400, _summary(errors), errors=errors, slug="invalid-request").response()
 
 
-async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and detail == "Not Found":
         detail = "There is nothing at this URL."
     elif exc.status_code == 405:
         detail = "This URL does not take this method."
-    return Problem(exc.status_code, detail, headers=exc.headers or {}).response()
+        headers["Allow"] = _allowed_methods(request)
+    return Problem(exc.status_code, detail, headers=headers).response()
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path: Starlette names only the first route's."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -189,8 +206,9 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 def _field_error(error: Mapping[str, Any]) -> dict[str, str]:
     """`{"field", "message"}` for one pydantic error, the field named as the client sent it."""
     loc = [str(part) for part in error.get("loc", ())]
-    where, path = (loc[0], loc[1:]) if loc else ("body", [])
-    name = ".".join(path) if path else where
+    # ("query", "limit") or ("body", "name", <union member>): our bodies are flat, so the
+    # second part is the field; a union adds members after it that mean nothing to a client.
+    name = loc[1] if len(loc) > 1 else (loc[0] if loc else "body")
     if error.get("type") == "extra_forbidden":
         message = "is read-only" if name in READ_ONLY_FIELDS else "is not a known field"
     elif error.get("type") in ("json_invalid", "model_attributes_type", "dict_type"):

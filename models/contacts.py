@@ -206,8 +206,14 @@ def create_contact(
     _require_identity(values)
     _refuse_duplicates(session, tenant_id=tenant_id, values=values)
     now = now or utcnow()
+    applied_at = now if values["status"] == ContactStatus.APPLICANT else None
     contact = Contact(
-        id=uuid.uuid4(), tenant_id=tenant_id, created_at=now, updated_at=now, **values
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        created_at=now,
+        updated_at=now,
+        applied_at=applied_at,
+        **values,
     )
     _flush_guarding_duplicates(session, contact, tenant_id=tenant_id)
     return contact

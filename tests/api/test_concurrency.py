@@ -17,7 +17,9 @@ from tests.factories import TenantFixture
 pytestmark = pytest.mark.postgres_only
 
 
-def race(base_url: str, n: int, headers: dict[str, str], body: dict[str, str]) -> list[httpx.Response]:
+def race(
+    base_url: str, n: int, headers: dict[str, str], body: dict[str, str]
+) -> list[httpx.Response]:
     """n clients each send one POST, released together by a barrier."""
     barrier = threading.Barrier(n)
 

@@ -5,15 +5,22 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from api.deps import DatabaseDep, SessionDep, TenantDep
+from api.deps import DatabaseDep, SessionDep, TenantDep, reject_repeated_query_parameters
 from api.errors import PROBLEM_JSON, problem_for, problem_responses
-from api.schemas import ContactCreate, ContactList, ContactOut, ContactUpdate, MessageList
+from api.schemas import (
+    ContactCreate,
+    ContactList,
+    ContactListQuery,
+    ContactOut,
+    ContactUpdate,
+    MessageList,
+    PageQuery,
+)
 from models import contacts
-from models.contacts import Channel, ContactRole, ContactStatus
 from models.idempotency import (
     MAX_KEY_LENGTH,
     StoredResponse,
@@ -22,13 +29,13 @@ from models.idempotency import (
 )
 from models.schema import Tenant
 
-router = APIRouter(prefix="/api/v1/contacts", tags=["contacts"])
+router = APIRouter(
+    prefix="/api/v1/contacts",
+    tags=["contacts"],
+    dependencies=[Depends(reject_repeated_query_parameters)],
+)
 
 PREFIX = router.prefix
-PageParam = Annotated[int, Query(ge=1, description="Page number, from 1")]
-LimitParam = Annotated[
-    int, Query(ge=1, description="Items per page; above the plan's maximum it is clamped")
-]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -57,23 +64,14 @@ def _contact_id(raw: str) -> uuid.UUID:
 
 @router.get("", response_model=ContactList, responses=problem_responses(400, 401))
 def list_contacts(
-    session: SessionDep,
-    tenant: TenantDep,
-    page: PageParam = 1,
-    limit: LimitParam = 20,
-    status: ContactStatus | None = None,
-    role: ContactRole | None = None,
-    channel: Annotated[Channel | None, Query(description="Channel preference")] = None,
-    search: Annotated[
-        str | None,
-        Query(max_length=200, description="Name, email or phone, case-insensitive; "
-              "a phone-like search also matches on digits"),
-    ] = None,
+    session: SessionDep, tenant: TenantDep, query: Annotated[ContactListQuery, Query()]
 ) -> ContactList:
     """The tenant's contacts, newest first."""
     result = contacts.list_contacts(
-        session, tenant_id=tenant.id, page=page, limit=limit, max_limit=tenant.max_page_size,
-        status=status, role=role, channel=channel, search=search,
+        session,
+        tenant_id=tenant.id,
+        max_limit=tenant.max_page_size,
+        **query.model_dump(mode="json"),
     )
     return ContactList.of(result)
 
@@ -151,16 +149,12 @@ def delete_contact(contact_id: str, session: SessionDep, tenant: TenantDep) -> R
     responses=problem_responses(400, 401, 404),
 )
 def list_contact_messages(
-    contact_id: str,
-    session: SessionDep,
-    tenant: TenantDep,
-    page: PageParam = 1,
-    limit: LimitParam = 20,
+    contact_id: str, session: SessionDep, tenant: TenantDep, query: Annotated[PageQuery, Query()]
 ) -> MessageList:
     """The contact's recorded messages, newest first."""
     result = contacts.list_contact_messages(
-        session, tenant_id=tenant.id, contact_id=_contact_id(contact_id), page=page,
-        limit=limit, max_limit=tenant.max_page_size,
+        session, tenant_id=tenant.id, contact_id=_contact_id(contact_id),
+        max_limit=tenant.max_page_size, **query.model_dump(mode="json"),
     )
     return MessageList.of(result)
 

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.errors import unauthorized
+from api.errors import Problem, ProblemError, unauthorized
 from models.db import Database
 from models.schema import Tenant
 from models.tenants import tenant_for_api_key
@@ -50,3 +50,12 @@ def _tenant(
 
 
 TenantDep = Annotated[Tenant, Depends(_tenant)]
+
+
+def reject_repeated_query_parameters(request: Request) -> None:
+    """`?limit=1&limit=50` is ambiguous: a 400 rather than silently taking one of them."""
+    repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        errors = [{"field": name, "message": "is given more than once"} for name in repeated]
+        raise ProblemError(Problem(400, "A query parameter is given more than once.",
+                                   errors=errors, slug="invalid-request"))

@@ -40,8 +40,17 @@ Name = Annotated[str, Field(min_length=1, max_length=300)]
 Source = Annotated[str, Field(min_length=1, max_length=100)]
 ReferralSource = Annotated[str, Field(max_length=300)]
 # Raw input: the phone is normalized to E.164 and the email lowercased before they are stored.
-EmailIn = Annotated[str, Field(max_length=320, examples=["jane@example.com"])]
-PhoneIn = Annotated[str, Field(max_length=40, examples=["+15551234567", "(555) 123-4567"])]
+EmailIn = Annotated[
+    str, Field(max_length=320, examples=["jane@example.com"], json_schema_extra={"format": "email"})
+]
+PhoneIn = Annotated[
+    str,
+    Field(
+        max_length=40,
+        description="Any common spelling; read in the tenant's region unless it starts with +",
+        examples=["+15551234567", "(555) 123-4567"],
+    ),
+]
 
 
 class ApiModel(BaseModel):
@@ -83,6 +92,29 @@ class ContactUpdate(ApiModel):
     source: Source | SkipJsonSchema[None] = None
     referral_source: ReferralSource | None = None
     language: LanguageCode | SkipJsonSchema[None] = None
+
+
+class PageQuery(BaseModel):
+    """Query parameters of a paginated route; an unknown one (a typo) is a 400, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    page: int = Field(1, ge=1, description="Page number, from 1")
+    limit: int = Field(
+        20, ge=1, description="Items per page; above the plan's maximum it is clamped"
+    )
+
+
+class ContactListQuery(PageQuery):
+    status: ContactStatus | None = None
+    role: ContactRole | None = None
+    channel: Channel | None = Field(None, description="Channel preference")
+    search: str | None = Field(
+        None,
+        max_length=200,
+        description="Name, email or phone, case-insensitive; a phone-like search also matches "
+        "on digits",
+    )
 
 
 class OutModel(BaseModel):

@@ -410,12 +410,13 @@ def test_list_clamps_limit_to_the_plan_maximum(
     ("params", "field"),
     [({"limit": 0}, "limit"), ({"limit": -1}, "limit"), ({"page": 0}, "page"),
      ({"page": "two"}, "page"), ({"limit": "1.5"}, "limit"), ({"status": "lead"}, "status"),
-     ({"role": "owner"}, "role"), ({"channel": "fax"}, "channel")],
+     ({"role": "owner"}, "role"), ({"channel": "fax"}, "channel"),
+     ({"stauts": "renter"}, "stauts")],
 )
 def test_list_bad_query_is_400(
     client: TestClient, tenant: TenantFixture, params: dict[str, object], field: str
 ) -> None:
-    """Out-of-range, non-numeric or unknown enum parameters are a 400 naming the parameter."""
+    """Out-of-range, non-numeric, unknown-enum or unknown parameters: 400 naming the parameter."""
     response = client.get(CONTACTS, params=params, headers=tenant.auth)
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
@@ -485,3 +486,10 @@ def test_search_total_counts_matches(client: TestClient, tenant: TenantFixture) 
     body = client.get(CONTACTS, params={"search": "match", "limit": 1},
                       headers=tenant.auth).json()
     assert body["pagination"] == {"page": 1, "limit": 1, "total": 2, "totalPages": 2}
+
+
+def test_list_repeated_query_parameter_is_400(client: TestClient, tenant: TenantFixture) -> None:
+    """A parameter given twice is ambiguous: 400 naming it, rather than picking one."""
+    response = client.get(f"{CONTACTS}?limit=1&limit=50", headers=tenant.auth)
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "limit", "message": "is given more than once"}]

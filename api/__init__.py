@@ -1,0 +1,1 @@
+"""The HTTP side of Intake: the app factory, its dependencies, errors and routes."""

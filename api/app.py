@@ -1,0 +1,63 @@
+"""The FastAPI application: settings, database, error handlers and routers put together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api import contacts, health
+from api.errors import PROBLEM_JSON, install_error_handlers
+from intake.settings import Settings
+from models.db import Database
+
+API_VERSION = "1.0.0"
+
+
+def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
+    """The app; tests pass their own `db`, otherwise one is made from `settings.database_url`."""
+    app = FastAPI(
+        title="Intake",
+        version=API_VERSION,
+        description="Inbound messages from WhatsApp, Telegram, SMS and email become contacts.",
+    )
+    app.state.settings = settings
+    app.state.db = db if db is not None else Database(settings.database_url)
+    app.state.health_checks = list(health.DEFAULT_CHECKS)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(contacts.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _problem_json_openapi(
+                get_openapi(title=app.title, version=app.version,
+                            description=app.description, routes=app.routes)
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override hook
+    return app
+
+
+def _problem_json_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Describe errors as they are served: problem+json, and 400 (never FastAPI's 422 shape)."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses: dict[str, Any] = operation.get("responses", {})
+            for code, response in list(responses.items()):
+                content = response.get("content", {})
+                if _is_fastapi_validation_error(content):
+                    del responses[code]
+                elif int(code) >= 400 and "application/json" in content:
+                    content[PROBLEM_JSON] = content.pop("application/json")
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    return schema
+
+
+def _is_fastapi_validation_error(content: dict[str, Any]) -> bool:
+    ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+    return bool(ref.endswith("/HTTPValidationError"))

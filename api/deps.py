@@ -1,0 +1,61 @@
+"""Request dependencies as `Annotated` aliases: the database, a unit of work, the tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.errors import Problem, ProblemError, unauthorized
+from models.db import Database
+from models.schema import Tenant
+from models.tenants import tenant_for_api_key
+
+bearer = HTTPBearer(auto_error=False, description="The tenant's API key")
+
+
+def _database(request: Request) -> Database:
+    database: Database = request.app.state.db
+    return database
+
+
+DatabaseDep = Annotated[Database, Depends(_database)]
+
+
+def _session(db: DatabaseDep) -> Iterator[Session]:
+    with db.unit_of_work() as session:
+        yield session
+
+
+# scope="function": the transaction commits before the response is sent, so a 2xx means committed
+# and a failing commit still turns into an error response.
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
+
+
+def _tenant(
+    db: DatabaseDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Tenant:
+    if credentials is None or not credentials.credentials:
+        raise unauthorized("Send the API key as `Authorization: Bearer <api_key>`.")
+    # Its own short session: the tenant is read-only here and outlives the request's transaction.
+    with db.sessions() as session:
+        tenant = tenant_for_api_key(session, api_key=credentials.credentials)
+    if tenant is None:
+        raise unauthorized("The API key is not valid.")
+    return tenant
+
+
+TenantDep = Annotated[Tenant, Depends(_tenant)]
+
+
+def reject_repeated_query_parameters(request: Request) -> None:
+    """`?limit=1&limit=50` is ambiguous: a 400 rather than silently taking one of them."""
+    repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        errors = [{"field": name, "message": "is given more than once"} for name in repeated]
+        raise ProblemError(Problem(400, "A query parameter is given more than once.",
+                                   errors=errors, slug="invalid-request"))

@@ -1,0 +1,46 @@
+"""`GET /healthz`: 200 when every dependency answers, 503 naming the ones that do not.
+
+The checks are a list on `app.state.health_checks`, so another (a broker check) is one append.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import APIRouter, FastAPI, Request
+from sqlalchemy import text
+
+from api.errors import Problem, ProblemError, problem_responses
+from api.schemas import HealthOut
+from models.db import Database
+
+log = logging.getLogger("intake.api")
+
+HealthCheck = tuple[str, Callable[[FastAPI], None]]  # (name, raises when not healthy)
+
+
+def check_database(app: FastAPI) -> None:
+    database: Database = app.state.db
+    with database.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+DEFAULT_CHECKS: tuple[HealthCheck, ...] = (("database", check_database),)
+
+router = APIRouter(tags=["operations"])
+
+@router.get("/healthz", response_model=HealthOut, responses=problem_responses(503))
+def healthz(request: Request) -> HealthOut:
+    failing = []
+    checks: list[HealthCheck] = request.app.state.health_checks
+    for name, check in checks:
+        try:
+            check(request.app)
+        except Exception as exc:  # any failure of a check is what this endpoint reports
+            log.warning("health.failed check=%s error=%s", name, type(exc).__name__)
+            failing.append({"field": name, "message": "does not answer"})
+    if failing:
+        names = ", ".join(f["field"] for f in failing)
+        raise ProblemError(Problem(503, f"Not healthy: {names}.", errors=failing))
+    return HealthOut(status="ok")

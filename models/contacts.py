@@ -1,0 +1,457 @@
+"""Contacts as the tenant sees them: listing, reading, creating, updating and soft-deleting.
+
+Every query starts from `contacts_of(tenant_id)` (or `messages_of`), so a contact of another
+tenant, or a deleted one, is simply not there. Functions flush but never commit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.identity import InvalidIdentityError, digits_of, normalize_email, normalize_phone
+from models.languages import is_language_code
+from models.schema import Contact, Message, utcnow
+
+
+class ContactStatus(StrEnum):
+    PROSPECT = "prospect"
+    SCHEDULED = "scheduled"
+    APPLICANT = "applicant"
+    RENTER = "renter"
+    ARCHIVED = "archived"
+
+
+class ContactRole(StrEnum):
+    PROSPECT = "prospect"
+    TENANT = "tenant"
+    LANDLORD = "landlord"
+    PROPERTY_MANAGER = "property_manager"
+    VENDOR = "vendor"
+    OTHER = "other"
+
+
+class Channel(StrEnum):
+    """The channel names; repeated from channels.base because models import nothing of ours."""
+
+    WHATSAPP = "whatsapp"
+    TELEGRAM = "telegram"
+    SMS = "sms"
+    EMAIL = "email"
+
+
+STATUSES: tuple[str, ...] = tuple(ContactStatus)
+ROLES: tuple[str, ...] = tuple(ContactRole)
+CHANNELS: tuple[str, ...] = tuple(Channel)
+UPDATABLE_FIELDS: frozenset[str] = frozenset(
+    {
+        "name",
+        "email",
+        "phone",
+        "status",
+        "role",
+        "channel_preference",
+        "source",
+        "referral_source",
+        "language",
+    }
+)
+# Column widths (models.schema): longer values are refused here rather than by the database.
+MAX_LENGTHS: Mapping[str, int] = {"name": 300, "source": 100, "referral_source": 300}
+
+T = TypeVar("T")
+
+
+class ContactError(Exception):
+    """A request about contacts that cannot be done as asked."""
+
+
+class ContactNotFoundError(ContactError, LookupError):
+    def __init__(self, contact_id: uuid.UUID | str) -> None:
+        super().__init__(f"no contact {contact_id}")
+        self.contact_id = contact_id
+
+
+class DuplicateContactError(ContactError):
+    """Another live contact of the tenant already has this phone or email."""
+
+    def __init__(self, *, field: str, existing_id: uuid.UUID | None) -> None:
+        owner = f"contact {existing_id}" if existing_id else "another contact"
+        super().__init__(f"{owner} already has this {field}")
+        self.field = field
+        self.existing_id = existing_id
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    field: str  # the model's attribute name, e.g. `channel_preference`
+    message: str
+
+
+class ContactValidationError(ContactError, ValueError):
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    page: int
+    limit: int  # the effective page size, after the tenant's cap
+    total: int
+
+    @property
+    def total_pages(self) -> int:
+        return math.ceil(self.total / self.limit)
+
+
+def contacts_of(tenant_id: uuid.UUID) -> Select[Contact]:
+    """The tenant's live contacts: the statement every contact query starts from."""
+    return select(Contact).where(Contact.tenant_id == tenant_id, Contact.deleted_at.is_(None))
+
+
+def messages_of(tenant_id: uuid.UUID) -> Select[Message]:
+    return select(Message).where(Message.tenant_id == tenant_id)
+
+
+def list_contacts(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    page: int = 1,
+    limit: int = 20,
+    max_limit: int = 100,
+    status: str | None = None,
+    role: str | None = None,
+    channel: str | None = None,
+    search: str | None = None,
+) -> Page[Contact]:
+    """One page of the tenant's contacts, newest first, with the total that match the filters."""
+    _check_page(page, limit)
+    problems = [
+        *_choice_problem("status", status, STATUSES, allow_none=True),
+        *_choice_problem("role", role, ROLES, allow_none=True),
+        *_choice_problem("channel", channel, CHANNELS, allow_none=True),
+    ]
+    if problems:
+        raise ContactValidationError(problems)
+    statement = contacts_of(tenant_id)
+    if status is not None:
+        statement = statement.where(Contact.status == status)
+    if role is not None:
+        statement = statement.where(Contact.role == role)
+    if channel is not None:
+        statement = statement.where(Contact.channel_preference == channel)
+    if search is not None and "\x00" in search:
+        raise ContactValidationError([FieldProblem("search", "contains a NUL character")])
+    if search is not None and search.strip():
+        statement = statement.where(_search_clause(search.strip()))
+    ordered = statement.order_by(Contact.created_at.desc(), Contact.id.desc())
+    return _paginate(session, ordered, page=page, limit=min(limit, max_limit))
+
+
+def get_contact(session: Session, *, tenant_id: uuid.UUID, contact_id: uuid.UUID) -> Contact:
+    contact = session.scalars(contacts_of(tenant_id).where(Contact.id == contact_id)).one_or_none()
+    if contact is None:
+        raise ContactNotFoundError(contact_id)
+    return contact
+
+
+def create_contact(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    region: str,
+    name: str | None,
+    email: str | None = None,
+    phone: str | None = None,
+    status: str = "prospect",
+    role: str = "prospect",
+    channel_preference: str | None = None,
+    source: str = "api",
+    referral_source: str | None = None,
+    language: str = "en",
+    now: datetime | None = None,
+) -> Contact:
+    """A new live contact; its phone is read in the tenant's `region`.
+
+    Raises DuplicateContactError when a live contact of the tenant has the phone or email, also
+    when a concurrent create wins the race (the database's unique index decides).
+    """
+    values = _validated(
+        {
+            "name": name,
+            "email": email,
+            "phone": phone,
+            "status": status,
+            "role": role,
+            "channel_preference": channel_preference,
+            "source": source,
+            "referral_source": referral_source,
+            "language": language,
+        },
+        region=region,
+    )
+    _require_identity(values)
+    _refuse_duplicates(session, tenant_id=tenant_id, values=values)
+    now = now or utcnow()
+    applied_at = now if values["status"] == ContactStatus.APPLICANT else None
+    contact = Contact(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        created_at=now,
+        updated_at=now,
+        applied_at=applied_at,
+        **values,
+    )
+    _flush_guarding_duplicates(session, contact, tenant_id=tenant_id)
+    return contact
+
+
+def update_contact(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    region: str,
+    changes: Mapping[str, Any],
+    now: datetime | None = None,
+) -> Contact:
+    """Apply `changes` (model attribute names) to a live contact of the tenant.
+
+    `applied_at` follows `status`: set when it becomes applicant, cleared when it moves away.
+    """
+    unknown = sorted(set(changes) - UPDATABLE_FIELDS)
+    if unknown:
+        raise ContactValidationError([FieldProblem(f, "cannot be changed") for f in unknown])
+    values = _validated(dict(changes), region=region)
+    contact = session.scalars(
+        contacts_of(tenant_id).where(Contact.id == contact_id).with_for_update()
+    ).one_or_none()
+    if contact is None:
+        raise ContactNotFoundError(contact_id)
+    merged = {field: getattr(contact, field) for field in UPDATABLE_FIELDS} | values
+    _require_identity(merged)
+    changed = {f: v for f, v in values.items() if getattr(contact, f) != v}
+    _refuse_duplicates(
+        session,
+        tenant_id=tenant_id,
+        values={f: changed.get(f) for f in ("phone", "email")},
+        exclude_id=contact.id,
+    )
+    now = now or utcnow()
+    if "status" in changed:
+        contact.applied_at = now if changed["status"] == "applicant" else None
+    for field, value in changed.items():
+        setattr(contact, field, value)
+    # Bumped even for a no-op PATCH: the client asked for a write and saw it succeed.
+    contact.updated_at = max(now, contact.updated_at)
+    _flush_guarding_duplicates(session, contact, tenant_id=tenant_id)
+    return contact
+
+
+def delete_contact(
+    session: Session, *, tenant_id: uuid.UUID, contact_id: uuid.UUID, now: datetime | None = None
+) -> None:
+    """Soft delete: the row stays for the audit trail, its phone and email become free."""
+    contact = session.scalars(
+        contacts_of(tenant_id).where(Contact.id == contact_id).with_for_update()
+    ).one_or_none()
+    if contact is None:
+        raise ContactNotFoundError(contact_id)
+    now = now or utcnow()
+    contact.deleted_at = now
+    contact.updated_at = now
+    session.flush()
+
+
+def list_contact_messages(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    page: int = 1,
+    limit: int = 20,
+    max_limit: int = 100,
+) -> Page[Message]:
+    """The contact's recorded (handled) messages, newest first."""
+    _check_page(page, limit)
+    get_contact(session, tenant_id=tenant_id, contact_id=contact_id)
+    statement = (
+        messages_of(tenant_id)
+        .where(Message.contact_id == contact_id, Message.state == "handled")
+        .order_by(Message.received_at.desc(), Message.id.desc())
+    )
+    return _paginate(session, statement, page=page, limit=min(limit, max_limit))
+
+
+def _paginate(session: Session, statement: Select[T], *, page: int, limit: int) -> Page[T]:
+    total = session.scalar(select(func.count()).select_from(statement.order_by(None).subquery()))
+    total = total or 0
+    offset = (page - 1) * limit
+    # Past the end, nothing to read: also keeps an absurd page number from overflowing OFFSET.
+    if offset >= total:
+        return Page(items=[], page=page, limit=limit, total=total)
+    items = list(session.scalars(statement.limit(limit).offset(offset)))
+    return Page(items=items, page=page, limit=limit, total=total)
+
+
+def _check_page(page: int, limit: int) -> None:
+    problems = []
+    if page < 1:
+        problems.append(FieldProblem("page", "must be 1 or more"))
+    if limit < 1:
+        problems.append(FieldProblem("limit", "must be 1 or more"))
+    if problems:
+        raise ContactValidationError(problems)
+
+
+_LIKE_SPECIALS = re.compile(r"([\\%_])")
+# A search made only of what people type in phone numbers is also matched on the phone's digits.
+_PHONE_LIKE = re.compile(r"[\d\s()+\-./]+")
+
+
+def _search_clause(term: str) -> ColumnElement[bool]:
+    pattern = "%" + _LIKE_SPECIALS.sub(r"\\\1", term) + "%"
+    clauses = [
+        Contact.name.ilike(pattern, escape="\\"),
+        Contact.email.ilike(pattern, escape="\\"),
+        Contact.phone.ilike(pattern, escape="\\"),
+    ]
+    digits = digits_of(term)
+    if digits and _PHONE_LIKE.fullmatch(term):
+        # Phones are stored in E.164, `+` and digits only, so their digits are a plain substring.
+        clauses.append(Contact.phone.like(f"%{digits}%"))
+    return or_(*clauses)
+
+
+def _validated(raw: Mapping[str, Any], *, region: str) -> dict[str, Any]:
+    """`raw` checked and put in stored form; every bad field is reported at once."""
+    values: dict[str, Any] = {}
+    problems: list[FieldProblem] = []
+    for field, value in raw.items():
+        try:
+            values[field] = _clean(field, value, region=region)
+        except ValueError as exc:
+            problems.append(FieldProblem(field, str(exc)))
+    if problems:
+        raise ContactValidationError(problems)
+    return values
+
+
+def _clean(field: str, value: Any, *, region: str) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be a string")
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None and ("\x00" in text or not _encodable(text)):
+        raise ValueError("contains characters that cannot be stored")
+    if field == "name":
+        if not text:
+            raise ValueError("is required and may not be empty")
+    elif field in ("email", "phone"):
+        if not text:
+            return None  # an empty email or phone is an absent one
+        try:
+            return normalize_phone(text, region) if field == "phone" else normalize_email(text)
+        except InvalidIdentityError as exc:
+            raise ValueError(str(exc)) from None
+    elif field in ("status", "role"):
+        choices = STATUSES if field == "status" else ROLES
+        _require_choice(text, choices)
+    elif field == "channel_preference":
+        if text is None:
+            return None
+        _require_choice(text, CHANNELS)
+    elif field == "source":
+        if not text:
+            raise ValueError("may not be empty")
+    elif field == "referral_source":
+        text = text or None
+    elif field == "language" and (text is None or not is_language_code(text)):
+        raise ValueError("must be an ISO 639-1 code in lowercase, such as en or es")
+    if text is not None and len(text) > MAX_LENGTHS.get(field, len(text)):
+        raise ValueError(f"may be at most {MAX_LENGTHS[field]} characters")
+    return text
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from JSON's \ud800 escapes
+        return False
+    return True
+
+
+def _require_choice(value: str | None, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}")
+
+
+def _choice_problem(
+    field: str, value: str | None, choices: Sequence[str], *, allow_none: bool
+) -> list[FieldProblem]:
+    if value is None and allow_none:
+        return []
+    if value not in choices:
+        return [FieldProblem(field, f"must be one of {', '.join(choices)}")]
+    return []
+
+
+def _require_identity(values: Mapping[str, Any]) -> None:
+    if not values.get("email") and not values.get("phone"):
+        message = "a contact needs an email or a phone"
+        raise ContactValidationError(
+            [FieldProblem("email", message), FieldProblem("phone", message)]
+        )
+
+
+def _refuse_duplicates(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    values: Mapping[str, Any],
+    exclude_id: uuid.UUID | None = None,
+) -> None:
+    for field in ("phone", "email"):
+        value = values.get(field)
+        if value is None:
+            continue
+        statement = contacts_of(tenant_id).where(getattr(Contact, field) == value)
+        if exclude_id is not None:
+            statement = statement.where(Contact.id != exclude_id)
+        existing = session.scalars(statement.limit(1)).first()
+        if existing is not None:
+            raise DuplicateContactError(field=field, existing_id=existing.id)
+
+
+def _flush_guarding_duplicates(session: Session, contact: Contact, *, tenant_id: uuid.UUID) -> None:
+    """Flush in a savepoint: a concurrent writer that took the phone or email first is a 409."""
+    # Read before the flush: a rolled-back savepoint expires what was written in it.
+    contact_id, identity = contact.id, {"phone": contact.phone, "email": contact.email}
+    try:
+        with session.begin_nested():
+            session.add(contact)
+            session.flush()
+    except IntegrityError:
+        # The winner has committed by now (the unique index made us wait for it), so it is visible.
+        for field, value in identity.items():
+            if value is None:
+                continue
+            statement = contacts_of(tenant_id).where(
+                getattr(Contact, field) == value, Contact.id != contact_id
+            )
+            existing = session.scalars(statement.limit(1)).first()
+            if existing is not None:
+                raise DuplicateContactError(field=field, existing_id=existing.id) from None
+        raise

@@ -1,0 +1,77 @@
+"""Creates racing each other through a real server on PostgreSQL: one winner, no duplicates."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from models.db import Database
+from models.schema import Contact
+from tests.api.conftest import CONTACTS, unique_phone
+from tests.factories import TenantFixture
+
+pytestmark = pytest.mark.postgres_only
+
+
+def race(
+    base_url: str, n: int, headers: dict[str, str], body: dict[str, str]
+) -> list[httpx.Response]:
+    """n clients each send one POST, released together by a barrier."""
+    barrier = threading.Barrier(n)
+
+    def one(_: int) -> httpx.Response:
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            barrier.wait(timeout=30)
+            return client.post(CONTACTS, json=body, headers=headers)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def live_contacts_with_phone(db: Database, tenant: TenantFixture, phone: str) -> int:
+    with db.sessions() as session:
+        return session.scalar(
+            select(func.count()).select_from(Contact).where(
+                Contact.tenant_id == tenant.id, Contact.phone == phone,
+                Contact.deleted_at.is_(None))
+        ) or 0
+
+
+def test_twenty_simultaneous_creates_with_one_phone(
+    live_server: str, db: Database, tenant: TenantFixture
+) -> None:
+    """20 concurrent creates with one phone: exactly one 201, nineteen 409s naming it."""
+    phone = unique_phone()
+    responses = race(live_server, 20, tenant.auth, {"name": "Racer", "phone": phone})
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [409] * 19
+    winner = next(r for r in responses if r.status_code == 201).json()["id"]
+    assert {r.json()["existingContactId"] for r in responses if r.status_code == 409} == {winner}
+    assert live_contacts_with_phone(db, tenant, phone) == 1
+
+
+def test_ten_simultaneous_creates_with_one_idempotency_key(
+    live_server: str, db: Database, tenant: TenantFixture
+) -> None:
+    """10 concurrent creates with one key and body make one contact; the rest replay or 409."""
+    phone = unique_phone()
+    headers = {**tenant.auth, "Idempotency-Key": f"race-{phone}"}
+    responses = race(live_server, 10, headers, {"name": "Racer", "phone": phone})
+    originals = [r for r in responses
+                 if r.status_code == 201 and "idempotent-replayed" not in r.headers]
+    replays = [r for r in responses if r.headers.get("idempotent-replayed") == "true"]
+    in_flight = [r for r in responses if r.status_code == 409]
+    assert len(originals) == 1
+    assert len(originals) + len(replays) + len(in_flight) == 10
+    assert all(r.json() == originals[0].json() for r in replays)
+    assert all(r.json()["errors"][0]["field"] == "Idempotency-Key" for r in in_flight)
+    assert live_contacts_with_phone(db, tenant, phone) == 1
+    after = httpx.post(f"{live_server}{CONTACTS}", json={"name": "Racer", "phone": phone},
+                       headers=headers)
+    assert after.status_code == 201
+    assert after.headers["idempotent-replayed"] == "true"
+    assert after.json() == originals[0].json()

@@ -23,6 +23,14 @@ SOFT_TIME_LIMIT_SECONDS = 240
 HARD_TIME_LIMIT_SECONDS = 300
 
 
+def _transport_options(broker_url: str) -> dict[str, Any]:
+    if broker_url.startswith("sqla+"):
+        # kombu hands these to SQLAlchemy's create_engine; several threads and processes share
+        # the SQLite file, so wait for its lock instead of failing at once.
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+
+
 def make_celery(settings: Settings) -> Any:
     """A Celery app on `settings.effective_broker_url` with the intake tasks registered."""
     app = Celery("intake", broker=settings.effective_broker_url, set_as_current=False)
@@ -38,7 +46,7 @@ def make_celery(settings: Settings) -> Any:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=SOFT_TIME_LIMIT_SECONDS,
         task_time_limit=HARD_TIME_LIMIT_SECONDS,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        broker_transport_options=_transport_options(settings.effective_broker_url),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         enable_utc=True,

@@ -65,9 +65,15 @@ class EmbeddedWorker:
             without_mingle=True,
             loglevel=logging.INFO,
         )
-        self._thread = threading.Thread(target=self._controller.start,
+        self._thread = threading.Thread(target=self._run,
                                         name="intake-embedded-worker", daemon=True)
         self._timer = ReconcileTimer(settings, self.app)
+
+    def _run(self) -> None:
+        # The pool looks tasks up on the thread's current app, which must be ours, not the
+        # process-wide default.
+        self.app.set_current()
+        self._controller.start()
 
     def start(self) -> EmbeddedWorker:
         self._thread.start()

@@ -78,5 +78,6 @@ def register(app: Any) -> None:
         return reconcile(context.db, context.dispatcher,
                          older_than_seconds=context.settings.reconcile_after_seconds)
 
-    app.task(name=INGEST_TASK, bind=True, **RETRY_OPTIONS)(ingest_tenant)
-    app.task(name=RECONCILE_TASK, bind=True, **RETRY_OPTIONS)(reconcile_task)
+    # Not shared: each app (one per settings) keeps its own tasks and finds its own context.
+    app.task(name=INGEST_TASK, bind=True, shared=False, **RETRY_OPTIONS)(ingest_tenant)
+    app.task(name=RECONCILE_TASK, bind=True, shared=False, **RETRY_OPTIONS)(reconcile_task)

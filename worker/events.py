@@ -78,11 +78,12 @@ def replay(db: Database, settings: Settings, *, message_ids: Sequence[uuid.UUID]
     if not wanted:
         return 0
     with db.unit_of_work() as session:
-        found = dict(session.execute(
+        rows = session.execute(
             select(Message.id, Message.tenant_id)
             .where(Message.id.in_(wanted), Message.state == "failed")
             .with_for_update()
-        ).tuples().all())
+        ).all()
+        found: dict[uuid.UUID, uuid.UUID] = {row.id: row.tenant_id for row in rows}
         for message_id in wanted:
             if message_id not in found:
                 raise UnknownEventError(f"no failed message with id {message_id}")

@@ -491,6 +491,11 @@ def drain_tenant(db: Database, locks: TenantLocks, *, tenant_id: uuid.UUID, batc
             for message_id in outcome.errors:
                 if message_id not in outcome.failed:
                     result.retrying[message_id] = attempts[message_id]
+            if len(rows) < batch_size:
+                # A short batch took every pending row visible when it read. A row committed
+                # since has its own wake-up coming (the flag was cleared before we read, or,
+                # without Redis, each accept sends one), so a further read would find nothing.
+                break
             try:
                 lease.extend()
             except LockLostError:

@@ -7,6 +7,7 @@ message (same tenant, channel and provider id) is neither stored again nor re-en
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -24,6 +25,9 @@ from worker.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
+PROVIDER_ID_LENGTH = 300  # messages.provider_message_id
+REQUEST_ID_LENGTH = 64  # messages.request_id
+
 
 class AcceptUnavailableError(Exception):
     """Nothing durable answered: the webhook says 503 so the provider retries."""
@@ -38,6 +42,14 @@ class AcceptResult:
     new: int
     duplicates: int
     message_ids: tuple[uuid.UUID, ...] = ()  # the rows this call created
+
+
+def stored_provider_id(provider_id: str) -> str:
+    """The provider's id as stored: one too long for the column (a sender-chosen email
+    Message-ID can be) is kept as its hash, which still deduplicates redeliveries."""
+    if len(provider_id) <= PROVIDER_ID_LENGTH:
+        return provider_id
+    return "sha256:" + hashlib.sha256(provider_id.encode()).hexdigest()
 
 
 def _insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str, Any]],
@@ -69,12 +81,13 @@ def store_messages(session: Session, *, tenant_id: uuid.UUID,
     now = utcnow()
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for message in messages:
+        provider_id = stored_provider_id(message.provider_message_id)
         # A request that carries one message twice stores it once.
-        rows.setdefault((message.channel, message.provider_message_id), {
+        rows.setdefault((message.channel, provider_id), {
             "id": uuid.uuid4(),
             "tenant_id": tenant_id,
             "channel": message.channel,
-            "provider_message_id": message.provider_message_id,
+            "provider_message_id": provider_id,
             "body": message.text,
             "media": message.to_json()["media"],
             "payload": message.to_json(),
@@ -82,7 +95,7 @@ def store_messages(session: Session, *, tenant_id: uuid.UUID,
             "accepted_at": now,
             "state": "pending",
             "attempts": 0,
-            "request_id": request_id,
+            "request_id": request_id[:REQUEST_ID_LENGTH] if request_id else None,
         })
     if not rows:
         return []

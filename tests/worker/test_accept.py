@@ -92,3 +92,17 @@ def test_failed_dispatch_after_commit_keeps_the_message(db: Database) -> None:
                     messages=[inbound("sms", phone="+14155550122")])
     assert result.new == 1
     assert [r.state for r in message_rows(db, tenant.id)] == ["pending"]
+
+
+def test_overlong_provider_id_is_stored_hashed_and_still_deduplicated(
+    db: Database, redis_dispatcher: Dispatcher
+) -> None:
+    """A provider id longer than the column is stored as its hash; a redelivery is a duplicate."""
+    tenant = make_tenant(db)
+    message = inbound("email", email="x@example.com", provider_message_id="<" + "a" * 400 + ">")
+    first = accept(db, redis_dispatcher, tenant_id=tenant.id, messages=[message],
+                   request_id="r" * 100)
+    again = accept(db, redis_dispatcher, tenant_id=tenant.id, messages=[message])
+    assert (first.new, again.duplicates) == (1, 1)
+    [row] = message_rows(db, tenant.id)
+    assert row.provider_message_id.startswith("sha256:")

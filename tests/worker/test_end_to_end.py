@@ -162,8 +162,7 @@ def assert_exact_outcome(db: Database, tenant_id: uuid.UUID, persons: list[Perso
 def test_concurrent_accepts_into_two_workers_make_exact_contacts(
     postgres_db: Database, pg_settings: Settings, pg_workers: Workers
 ) -> None:
-    """600 messages from 60 people on four channels, each accepted twice from 8 threads into
-    two workers: exactly 60 contacts, 600 handled messages, nothing failed."""
+    """600 messages of 60 people, each accepted twice from 8 threads: 60 contacts, 600 handled."""
     tenant = make_tenant(postgres_db)
     persons, messages = crowd()
     pg_workers.start(2)
@@ -214,8 +213,7 @@ def test_lost_queue_is_reconciled(
 def test_poison_message_is_parked_listed_and_replayed(
     postgres_db: Database, pg_settings: Settings, pg_workers: Workers
 ) -> None:
-    """A message that keeps failing is parked after N attempts, listed by `intake events
-    failed`, and ingested by `intake events replay ID` once its cause is fixed."""
+    """A failing message is parked after N attempts, listed, and replayed once fixed."""
     tenant = make_tenant(postgres_db)
     good, poison = inbound("sms", phone="+14155550130"), inbound("sms", phone="+14155550131")
     dispatcher = Dispatcher(pg_settings, make_celery(pg_settings))
@@ -261,8 +259,7 @@ def test_poison_message_is_parked_listed_and_replayed(
 
 
 def test_embedded_defaults_ingest_exactly(tmp_path: Path) -> None:
-    """With nothing configured (SQLite file, embedded broker, no Redis), a worker process
-    ingests accepted messages into exactly the expected contacts."""
+    """With nothing configured (SQLite, embedded broker, no Redis) a worker ingests exactly."""
     upgrade(f"sqlite:///{tmp_path}/intake.db")
     db = Database(f"sqlite:///{tmp_path}/intake.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_")}

@@ -64,8 +64,8 @@ def test_local_lock_is_exclusive() -> None:
 def test_stalled_holder_past_its_lease_makes_no_duplicate(
     postgres_db: Database, redis_client: redis.Redis
 ) -> None:
-    """A drain stalled mid-transaction past its lease, and the drain that takes over, still
-    leave one contact per person: row locks and unique indexes settle what the lock did not."""
+    """A drain stalled past its lease and the drain taking over still make one contact each."""
+    # Row locks and the unique indexes settle what the expired lock no longer does.
     db = postgres_db
     tenant = make_tenant(db)
     people = [f"+1415555{n:04d}" for n in range(30)]

@@ -50,8 +50,7 @@ def queued(client: redis.Redis) -> list[tuple[str, str, object]]:
 def test_reconciler_wakes_tenants_with_stale_pending_rows(
     db: Database, dispatcher: Dispatcher, redis_client: redis.Redis
 ) -> None:
-    """Only a tenant whose pending rows are older than the threshold gets a drain re-sent,
-    even while its scheduled flag says one is queued (the queue may have lost it)."""
+    """Only tenants with stale pending rows get a drain re-sent, even with their flag set."""
     stale, fresh = make_tenant(db), make_tenant(db)
     [old] = store(db, stale.id, inbound("sms", phone="+14155550140"))
     store(db, fresh.id, inbound("sms", phone="+14155550141"))
@@ -78,8 +77,7 @@ def test_reconcile_timer_sends_once_per_period_across_workers(
 def test_drain_task_clears_flag_and_schedules_retry_of_errors(
     db: Database, settings: Settings, redis_client: redis.Redis
 ) -> None:
-    """The task clears the tenant's flag before draining, and a row that erred with attempts
-    left is woken again later by a delayed task."""
+    """The task clears the tenant's flag, then re-wakes an erred row later with a delay."""
     tenant = make_tenant(db)
     [bad] = store(db, tenant.id, inbound("sms", phone="+14155550142"))
     store(db, tenant.id, inbound("sms", phone="+14155550143"))

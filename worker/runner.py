@@ -1,0 +1,91 @@
+"""Running workers: `intake worker` as its own process, or one inside `intake dev`'s process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from intake.settings import Settings
+from worker.celery_app import QUEUE, make_celery
+from worker.reconciler import ReconcileTimer
+
+log = logging.getLogger(__name__)
+
+
+def _node_name(kind: str) -> str:
+    # Unique per process: two workers on one host must not share a Celery node name.
+    return f"intake-{kind}-{os.getpid()}@{socket.gethostname()}"
+
+
+def run_worker(settings: Settings, *, concurrency: int) -> None:
+    """A Celery worker in this process until it is stopped (SIGTERM: warm shutdown).
+
+    One slot runs the solo pool: no parent process spending CPU on each task. More slots run
+    prefork; for throughput, prefer more `intake worker` processes (see performance.md).
+    """
+    if concurrency < 1:
+        raise ValueError("--concurrency takes a whole number of 1 or more")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = make_celery(settings)
+    timer = ReconcileTimer(settings, app)
+    timer.start()
+    argv = [
+        "worker",
+        f"--hostname={_node_name('worker')}",
+        f"--queues={QUEUE}",
+        f"--concurrency={concurrency}",
+        f"--pool={'solo' if concurrency == 1 else 'prefork'}",
+        "--loglevel=INFO",
+        # Heartbeats, gossip and mingle cost broker traffic that nothing of ours reads.
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    try:
+        app.worker_main(argv)
+    finally:
+        timer.stop()
+
+
+class EmbeddedWorker:
+    """A solo-pool worker on a thread of this process, with its reconcile timer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = make_celery(settings)
+        self._controller: Any = self.app.WorkController(
+            hostname=_node_name("embedded"),
+            pool_cls="solo",
+            concurrency=1,
+            queues=[QUEUE],
+            without_heartbeat=True,
+            without_gossip=True,
+            without_mingle=True,
+            loglevel=logging.INFO,
+        )
+        self._thread = threading.Thread(target=self._run,
+                                        name="intake-embedded-worker", daemon=True)
+        self._timer = ReconcileTimer(settings, self.app)
+
+    def _run(self) -> None:
+        # The pool looks tasks up on the thread's current app, which must be ours, not the
+        # process-wide default.
+        self.app.set_current()
+        self._controller.start()
+
+    def start(self) -> EmbeddedWorker:
+        self._thread.start()
+        self._timer.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._timer.stop()
+        self._controller.stop(in_sighandler=False)
+        self._thread.join(timeout=timeout)
+
+
+def start_embedded_worker(settings: Settings) -> EmbeddedWorker:
+    """A worker inside the current process, for `intake dev`; call `.stop()` to end it."""
+    return EmbeddedWorker(settings).start()

@@ -7,10 +7,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api import contacts, health
+from api import contacts, health, metrics, webhooks
 from api.errors import PROBLEM_JSON, install_error_handlers
 from intake.settings import Settings
 from models.db import Database
+from worker.celery_app import make_celery
+from worker.dispatch import Dispatcher
 
 API_VERSION = "1.0.0"
 
@@ -25,8 +27,14 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db if db is not None else Database(settings.database_url)
     app.state.health_checks = list(health.DEFAULT_CHECKS)
+    app.state.metrics = metrics.Metrics(app.state.db)
+    app.state.tenant_secrets = webhooks.TenantSecrets(app.state.db)
+    app.state.celery = make_celery(settings)
+    app.state.dispatcher = Dispatcher(settings, app.state.celery)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(webhooks.build_router())
     app.include_router(contacts.router)
 
     def openapi() -> dict[str, Any]:

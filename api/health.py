@@ -26,7 +26,15 @@ def check_database(app: FastAPI) -> None:
         connection.execute(text("SELECT 1"))
 
 
-DEFAULT_CHECKS: tuple[HealthCheck, ...] = (("database", check_database),)
+def check_broker(app: FastAPI) -> None:
+    with app.state.celery.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+
+
+DEFAULT_CHECKS: tuple[HealthCheck, ...] = (
+    ("database", check_database),
+    ("broker", check_broker),
+)
 
 router = APIRouter(tags=["operations"])
 

@@ -17,8 +17,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.errors import Problem
 from api.metrics import Metrics
 from api.public_url import public_url
+from api.schemas import Problem as ProblemSchema
 from channels.base import ChannelAdapter, ChannelError, Parsed, RawRequest
 from channels.registry import ADAPTERS
 from intake.logs import request_id_var
@@ -26,7 +28,6 @@ from intake.settings import Settings
 from models.db import Database
 from models.tenants import TenantNotFoundError, get_tenant
 from worker.accept import AcceptUnavailableError, NonceReplayedError, accept
-from worker.dispatch import Dispatcher
 
 log = logging.getLogger("intake.webhooks")
 
@@ -82,20 +83,15 @@ def _answer(adapter: ChannelAdapter, parsed: Parsed) -> Response:
 
 
 def _refusal(status: int, detail: str) -> Response:
-    return JSONResponse(
-        {"type": "about:blank", "title": _TITLES.get(status, "Refused"), "status": status,
-         "detail": detail},
-        status_code=status,
-        media_type="application/problem+json",
-    )
+    return Problem(status, detail).response()
 
 
-_TITLES = {
-    400: "Malformed request",
-    403: "Forbidden",
-    404: "Not Found",
-    413: "Payload Too Large",
-    503: "Service Unavailable",
+_REFUSALS = {
+    400: "Malformed body",
+    403: "Missing or wrong signature, or a replayed request",
+    404: "No such tenant",
+    413: "Body over 1 MiB (email: 25 MiB)",
+    503: "The message could not be stored durably; the provider should retry",
 }
 
 
@@ -141,7 +137,7 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             except AcceptUnavailableError as exc:
                 raise WebhookRefusedError(503, "unavailable", str(exc)) from None
             metrics.messages_accepted.labels(channel).inc(result.new)
-            metrics.messages_duplicate.labels(channel).inc(result.duplicate)
+            metrics.messages_duplicate.labels(channel).inc(result.duplicates)
         for reason in parsed.ignored:
             metrics.webhooks_ignored.labels(channel, reason).inc()
         log.info(
@@ -170,8 +166,7 @@ def _endpoint(adapter: ChannelAdapter) -> Callable[[str, Request], Awaitable[Res
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"description": title, "content": {"application/problem+json": {}}}
-    for code, title in _TITLES.items()
+    code: {"model": ProblemSchema, "description": text} for code, text in _REFUSALS.items()
 }
 
 

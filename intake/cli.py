@@ -43,6 +43,7 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> None:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
+
     from api.app import create_app
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)

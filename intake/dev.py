@@ -1,4 +1,4 @@
-"""`intake dev`: the HTTP app and a worker in one process, for development on the embedded defaults."""
+"""`intake dev`: the HTTP app and a worker in one process, on the embedded defaults."""
 
 from __future__ import annotations
 

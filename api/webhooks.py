@@ -173,13 +173,15 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 def build_router() -> APIRouter:
     router = APIRouter(prefix="/webhooks/{tenant_id}", tags=["webhooks"])
     for adapter in ADAPTERS:
-        methods = ["GET", "POST"] if adapter.route == "whatsapp" else ["POST"]
-        router.add_api_route(
-            f"/{adapter.route}",
-            _endpoint(adapter),
-            methods=methods,
-            name=f"webhook_{adapter.route.replace('/', '_')}",
-            summary=f"{adapter.route} webhook",
-            responses=_RESPONSES,
-        )
+        # Meta checks a subscription with a GET to the same URL it POSTs notifications to.
+        for method in ("GET", "POST") if adapter.route == "whatsapp" else ("POST",):
+            router.add_api_route(
+                f"/{adapter.route}",
+                _endpoint(adapter),
+                methods=[method],
+                name=f"webhook_{adapter.route.replace('/', '_')}_{method.lower()}",
+                summary=f"{adapter.route} webhook"
+                + (" subscription check" if method == "GET" else ""),
+                responses=_RESPONSES,
+            )
     return router

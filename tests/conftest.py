@@ -75,11 +75,17 @@ def sqlite_db(sqlite_url: str) -> Iterator[Database]:
     database.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`db` runs a test on SQLite and PostgreSQL; `postgres_only` tests on PostgreSQL alone."""
+    if "db" in metafunc.fixturenames:
+        only_pg = metafunc.definition.get_closest_marker("postgres_only") is not None
+        backends = ["postgresql"] if only_pg else ["sqlite", "postgresql"]
+        metafunc.parametrize("db", backends, indirect=True)
+
+
+@pytest.fixture
 def db(request: pytest.FixtureRequest) -> Database:
     """The same test on the embedded default and on production's database."""
-    if request.param == "sqlite" and request.node.get_closest_marker("postgres_only"):
-        pytest.skip("PostgreSQL-only behaviour")  # reported in -ra, never silent
     fixture = "sqlite_db" if request.param == "sqlite" else "postgres_db"
     database: Database = request.getfixturevalue(fixture)
     return database

@@ -62,10 +62,10 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_demo(settings: Settings, _args: argparse.Namespace) -> None:
-    from intake.demo import run_demo
-
     # The demo tells its own story on stdout; only warnings and errors are logged beside it.
     configure_logging(json_lines=settings.log_json, level=logging.WARNING)
+    from intake.demo import run_demo
+
     run_demo(settings)
 
 

@@ -107,13 +107,16 @@ def _post_samples(url: str, tenant_id: str) -> None:
 
 def _wait_for_ingestion(db: Database) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
+    shown = None
     while True:
         with db.sessions() as session:
             stats = pipeline_stats(session)
         done = sum(n for (_, state), n in stats.messages.items() if state != "pending")
-        total = sum(stats.messages.values())
-        sys.stdout.write(f"\rIngesting: {done}/{total} messages handled")
-        sys.stdout.flush()
+        progress = f"{done}/{sum(stats.messages.values())}"
+        if progress != shown:
+            sys.stdout.write(f"\rIngesting: {progress} messages handled")
+            sys.stdout.flush()
+            shown = progress
         if stats.pending == 0:
             _say()
             return

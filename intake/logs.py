@@ -59,3 +59,5 @@ def configure_logging(*, json_lines: bool, level: int = logging.INFO) -> None:
     # Access logs would print full URLs and client addresses for every webhook; our own
     # events say what happened, with the request id.
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic announces each of its plugins at INFO on import; the migrations it runs still log.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Row, String, Table, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -62,6 +62,7 @@ class Sender:
     phones: tuple[str, ...]  # the phone and, on WhatsApp, its known national variants
     email: str | None
     name: str
+    display_name: str | None  # what the person calls themselves, if the channel says
     language: str
 
     @classmethod
@@ -77,6 +78,7 @@ class Sender:
             phones=phones,
             email=email,
             name=_name(message, phone, email),
+            display_name=(message.display_name or "").strip()[:300] or None,
             language=_language(message.language),
         )
 
@@ -147,6 +149,7 @@ class _Contact:
     channel_preference: str | None
     is_new: bool = False
     filled: bool = False
+    renamed: bool = False
     language: str = "en"  # only written for a new contact
 
 
@@ -288,7 +291,15 @@ def _plan(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row[Any]],
 
 
 def _fill(contact: _Contact, sender: Sender, index: _Index) -> None:
-    """Give a known contact what it lacks, never what another live contact already holds."""
+    """Give a known contact what it lacks, never what another live contact already holds.
+
+    A name that only stands in for one (the contact's own phone or email, given when the first
+    message carried no name) is lacking too, so a later display name replaces it.
+    """
+    stand_in = not contact.name.strip() or contact.name in (contact.phone, contact.email)
+    if stand_in and (sender.display_name or not contact.name.strip()):
+        contact.name = sender.display_name or sender.name
+        contact.renamed = contact.filled = True
     if not contact.phone and sender.phone and sender.phone not in index.by_phone:
         contact.phone = sender.phone
         index.by_phone[sender.phone] = contact
@@ -296,9 +307,6 @@ def _fill(contact: _Contact, sender: Sender, index: _Index) -> None:
     if not contact.email and sender.email and sender.email not in index.by_email:
         contact.email = sender.email
         index.by_email[sender.email] = contact
-        contact.filled = True
-    if not contact.name.strip():
-        contact.name = sender.name
         contact.filled = True
     if contact.channel_preference is None:
         contact.channel_preference = sender.channel
@@ -318,7 +326,7 @@ def _apply(session: Session, *, tenant_id: uuid.UUID, plan: _Plan, now: datetime
             for c in plan.new_contacts
         ])
     if plan.filled:
-        # COALESCE and the blank-name test re-check at write time: a value someone else set
+        # COALESCE and the stand-in test re-check at write time: a value someone else set
         # since we read the contact is kept, not overwritten.
         session.execute(
             update(CONTACTS)
@@ -329,13 +337,24 @@ def _apply(session: Session, *, tenant_id: uuid.UUID, plan: _Plan, now: datetime
                 email=func.coalesce(CONTACTS.c.email, bindparam("b_email")),
                 channel_preference=func.coalesce(CONTACTS.c.channel_preference,
                                                  bindparam("b_pref")),
-                name=case((func.trim(CONTACTS.c.name) == "", bindparam("b_name")),
-                          else_=CONTACTS.c.name),
+                name=case(
+                    (
+                        bindparam("b_name", type_=String).is_not(None)
+                        & (
+                            (func.trim(CONTACTS.c.name) == "")
+                            | (CONTACTS.c.name == CONTACTS.c.phone)
+                            | (CONTACTS.c.name == CONTACTS.c.email)
+                        ),
+                        bindparam("b_name", type_=String),
+                    ),
+                    else_=CONTACTS.c.name,
+                ),
                 updated_at=bindparam("b_now"),
             ),
             [
                 {"b_id": c.id, "b_phone": c.phone, "b_email": c.email,
-                 "b_pref": c.channel_preference, "b_name": c.name, "b_now": now}
+                 "b_pref": c.channel_preference, "b_name": c.name if c.renamed else None,
+                 "b_now": now}
                 for c in plan.filled.values()
             ],
         )

@@ -136,6 +136,26 @@ def test_fill_never_takes_a_value_another_contact_holds(db: Database) -> None:
     assert contacts[by_phone].email is None
 
 
+def test_display_name_replaces_a_stand_in_name(db: Database) -> None:
+    """A contact named by its phone (an SMS) takes the name a later WhatsApp profile gives."""
+    tenant = make_tenant(db)
+    ingest(db, tenant.id, inbound("sms", phone="+14155550123"))
+    ingest(db, tenant.id, inbound("whatsapp", sender_id="14155550123", phone="+14155550123",
+                                  display_name="Maria Garcia"))
+    [contact] = live_contacts(db, tenant.id)
+    assert (contact.name, contact.source) == ("Maria Garcia", "sms")
+
+
+def test_real_name_is_never_replaced(db: Database) -> None:
+    """A contact with a real name keeps it whatever name a channel shows later."""
+    tenant = make_tenant(db)
+    make_contact(db, tenant.id, phone="+14155550124", name="Maria G.")
+    ingest(db, tenant.id, inbound("whatsapp", sender_id="14155550124", phone="+14155550124",
+                                  display_name="mari 🌸"))
+    [contact] = live_contacts(db, tenant.id)
+    assert contact.name == "Maria G."
+
+
 def test_language_from_telegram_else_english(db: Database) -> None:
     """Telegram's language_code becomes the contact's language; a channel without one: 'en'."""
     tenant = make_tenant(db)

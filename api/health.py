@@ -30,6 +30,7 @@ DEFAULT_CHECKS: tuple[HealthCheck, ...] = (("database", check_database),)
 
 router = APIRouter(tags=["operations"])
 
+
 @router.get("/healthz", response_model=HealthOut, responses=problem_responses(503))
 def healthz(request: Request) -> HealthOut:
     failing = []

@@ -51,8 +51,10 @@ def throwaway_database(admin_dsn: str) -> Iterator[str]:
     with psycopg.connect(admin_dsn + " dbname=postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     params = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    url = (f"postgresql+psycopg://{params.get('user', 'postgres')}@"
-           f"{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{name}")
+    url = (
+        f"postgresql+psycopg://{params.get('user', 'postgres')}@"
+        f"{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{name}"
+    )
     try:
         yield url
     finally:
@@ -65,8 +67,10 @@ def load_contacts(url: str, tenant_id: uuid.UUID, count: int) -> None:
     rng = random.Random(42)
     start = datetime.now(UTC) - timedelta(days=365)
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
-    columns = ("id, tenant_id, name, email, phone, status, role, channel_preference, source, "
-               "referral_source, language, created_at, updated_at")
+    columns = (
+        "id, tenant_id, name, email, phone, status, role, channel_preference, source, "
+        "referral_source, language, created_at, updated_at"
+    )
     with (
         psycopg.connect(dsn) as connection,
         connection.cursor() as cursor,
@@ -80,12 +84,23 @@ def load_contacts(url: str, tenant_id: uuid.UUID, count: int) -> None:
                 phone = f"+1{200 + i // 1000 % 800}5550142"
             else:
                 phone = f"+1{200 + i % 800}{i // 800:07d}"
-            copy.write_row((
-                uuid.uuid4(), tenant_id, f"{first} {last} {i}",
-                f"{first.lower()}.{last.lower()}.{i}@example.com", phone,
-                rng.choice(STATUSES), "prospect", rng.choice(["sms", "email", None]),
-                "api", None, "en", created, created,
-            ))
+            copy.write_row(
+                (
+                    uuid.uuid4(),
+                    tenant_id,
+                    f"{first} {last} {i}",
+                    f"{first.lower()}.{last.lower()}.{i}@example.com",
+                    phone,
+                    rng.choice(STATUSES),
+                    "prospect",
+                    rng.choice(["sms", "email", None]),
+                    "api",
+                    None,
+                    "en",
+                    created,
+                    created,
+                )
+            )
     # What autovacuum would have done by the time anyone lists them: fresh statistics for the
     # planner and a visibility map, without which index-only scans must visit the heap.
     with psycopg.connect(dsn, autocommit=True) as connection:
@@ -105,15 +120,21 @@ def serve(url: str) -> Iterator[str]:
     env = {**os.environ, "INTAKE_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
         [sys.executable, "-m", "intake", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             if server.poll() is not None:
-                raise SystemExit(f"the server exited: {server.stderr.read().decode()[-2000:]}"
-                                 if server.stderr else "the server exited")
+                raise SystemExit(
+                    f"the server exited: {server.stderr.read().decode()[-2000:]}"
+                    if server.stderr
+                    else "the server exited"
+                )
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
@@ -144,8 +165,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--dsn", default=os.environ.get(
-        "INTAKE_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres"))
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("INTAKE_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres"),
+    )
     args = parser.parse_args()
 
     with throwaway_database(args.dsn) as url:
@@ -160,9 +183,12 @@ def main() -> int:
         print(f"loaded {args.contacts:,} contacts in {time.perf_counter() - began:.1f} s")
 
         slow = []
-        with serve(url) as base, httpx.Client(
-            base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=30
-        ) as client:
+        with (
+            serve(url) as base,
+            httpx.Client(
+                base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=30
+            ) as client,
+        ):
             print(f"{'case':<22}{'median ms':>10}{'p95 ms':>10}{'total':>10}")
             for name, params in CASES.items():
                 total = client.get("/api/v1/contacts", params=params).json()["pagination"]["total"]

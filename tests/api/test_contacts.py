@@ -328,6 +328,19 @@ def test_update_must_keep_email_or_phone(client: TestClient, tenant: TenantFixtu
     assert {e["field"] for e in response.json()["errors"]} == {"email", "phone"}
 
 
+def test_update_of_a_contact_without_phone_or_email(
+    client: TestClient, db: Database, tenant: TenantFixture
+) -> None:
+    """A contact the worker made from a Telegram id alone can still have its status changed."""
+    contact_id = make_contact(db, tenant.id, name="@janes", email=None, source="telegram")
+    response = client.patch(
+        f"{CONTACTS}/{contact_id}", json={"status": "scheduled"}, headers=tenant.auth
+    )
+    assert response.status_code == 200
+    assert response.json()["status"] == "scheduled"
+    assert response.json()["source"] == "telegram"
+
+
 def test_update_to_a_taken_phone_is_409(client: TestClient, tenant: TenantFixture) -> None:
     """Moving a contact onto another live contact's phone is a 409 naming that contact."""
     taken = create(client, tenant, phone=unique_phone())

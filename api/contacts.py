@@ -153,8 +153,11 @@ def list_contact_messages(
 ) -> MessageList:
     """The contact's recorded messages, newest first."""
     result = contacts.list_contact_messages(
-        session, tenant_id=tenant.id, contact_id=_contact_id(contact_id),
-        max_limit=tenant.max_page_size, **query.model_dump(mode="json"),
+        session,
+        tenant_id=tenant.id,
+        contact_id=_contact_id(contact_id),
+        max_limit=tenant.max_page_size,
+        **query.model_dump(mode="json"),
     )
     return MessageList.of(result)
 
@@ -172,8 +175,9 @@ def _stored_problem(exc: Exception) -> StoredResponse | None:
 def _created_response(stored: StoredResponse, *, replayed: bool) -> JSONResponse:
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     if stored.status >= 400:
-        return JSONResponse(stored.body, status_code=stored.status, media_type=PROBLEM_JSON,
-                            headers=headers)
+        return JSONResponse(
+            stored.body, status_code=stored.status, media_type=PROBLEM_JSON, headers=headers
+        )
     if stored.body is not None:
         headers["Location"] = f"{PREFIX}/{stored.body['id']}"
     return JSONResponse(stored.body, status_code=stored.status, headers=headers)

@@ -57,5 +57,11 @@ def reject_repeated_query_parameters(request: Request) -> None:
     repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
     if repeated:
         errors = [{"field": name, "message": "is given more than once"} for name in repeated]
-        raise ProblemError(Problem(400, "A query parameter is given more than once.",
-                                   errors=errors, slug="invalid-request"))
+        raise ProblemError(
+            Problem(
+                400,
+                "A query parameter is given more than once.",
+                errors=errors,
+                slug="invalid-request",
+            )
+        )

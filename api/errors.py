@@ -72,8 +72,9 @@ class ProblemError(Exception):
 def problem_response(
     status: int, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(dict(body), status_code=status, media_type=PROBLEM_JSON,
-                        headers=dict(headers or {}))
+    return JSONResponse(
+        dict(body), status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {})
+    )
 
 
 RESPONSE_DESCRIPTIONS = {
@@ -102,8 +103,12 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def unauthorized(detail: str) -> ProblemError:
     return ProblemError(
-        Problem(401, detail, errors=[{"field": "Authorization", "message": detail}],
-                headers={"WWW-Authenticate": "Bearer"})
+        Problem(
+            401,
+            detail,
+            errors=[{"field": "Authorization", "message": detail}],
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     )
 
 
@@ -133,6 +138,7 @@ def problem_for(exc: Exception) -> Problem | None:
             "A request with this Idempotency-Key is still being processed; retry shortly.",
             errors=[{"field": "Idempotency-Key", "message": "in use by a request in progress"}],
             slug="idempotency-key-in-use",
+            headers={"Retry-After": "1"},
         )
     if isinstance(exc, IdempotencyKeyReusedError):
         return Problem(
@@ -198,8 +204,13 @@ def _allowed_methods(request: Request) -> str:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request.failed method=%s path=%s error=%s", request.method, request.url.path,
-              type(exc).__name__, exc_info=exc)
+    log.error(
+        "request.failed method=%s path=%s error=%s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc_info=exc,
+    )
     return Problem(500, "Something went wrong on our side; the error has been logged.").response()
 
 

@@ -38,6 +38,7 @@ DEFAULT_CHECKS: tuple[HealthCheck, ...] = (
 
 router = APIRouter(tags=["operations"])
 
+
 @router.get("/healthz", response_model=HealthOut, responses=problem_responses(503))
 def healthz(request: Request) -> HealthOut:
     failing = []

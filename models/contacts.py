@@ -242,7 +242,10 @@ def update_contact(
     if contact is None:
         raise ContactNotFoundError(contact_id)
     merged = {field: getattr(contact, field) for field in UPDATABLE_FIELDS} | values
-    _require_identity(merged)
+    if contact.email or contact.phone:
+        # A change may not take away the last way to reach the contact. A contact that never
+        # had one (a Telegram sender known only by user id) can still have its status changed.
+        _require_identity(merged)
     changed = {f: v for f, v in values.items() if getattr(contact, f) != v}
     _refuse_duplicates(
         session,

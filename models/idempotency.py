@@ -69,8 +69,9 @@ def claim_idempotency_key(
     for _ in range(3):  # the row may vanish between our insert and our read: try again
         try:
             with session.begin_nested():
-                session.add(_marker(tenant_id=tenant_id, key=key, request_hash=request_hash,
-                                    now=now))
+                session.add(
+                    _marker(tenant_id=tenant_id, key=key, request_hash=request_hash, now=now)
+                )
                 session.flush()
         except IntegrityError:
             pass
@@ -170,7 +171,10 @@ def run_idempotently(
         with db.unit_of_work() as session:
             response = action(session)
             record_idempotent_response(
-                session, tenant_id=tenant_id, key=key, request_hash=request_hash,
+                session,
+                tenant_id=tenant_id,
+                key=key,
+                request_hash=request_hash,
                 response=response,
             )
     except Exception as exc:
@@ -182,7 +186,10 @@ def run_idempotently(
                 )
             else:
                 record_idempotent_response(
-                    session, tenant_id=tenant_id, key=key, request_hash=request_hash,
+                    session,
+                    tenant_id=tenant_id,
+                    key=key,
+                    request_hash=request_hash,
                     response=failure,
                 )
         if failure is None:

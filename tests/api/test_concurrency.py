@@ -34,11 +34,18 @@ def race(
 
 def live_contacts_with_phone(db: Database, tenant: TenantFixture, phone: str) -> int:
     with db.sessions() as session:
-        return session.scalar(
-            select(func.count()).select_from(Contact).where(
-                Contact.tenant_id == tenant.id, Contact.phone == phone,
-                Contact.deleted_at.is_(None))
-        ) or 0
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(Contact)
+                .where(
+                    Contact.tenant_id == tenant.id,
+                    Contact.phone == phone,
+                    Contact.deleted_at.is_(None),
+                )
+            )
+            or 0
+        )
 
 
 def test_twenty_simultaneous_creates_with_one_phone(
@@ -61,8 +68,9 @@ def test_ten_simultaneous_creates_with_one_idempotency_key(
     phone = unique_phone()
     headers = {**tenant.auth, "Idempotency-Key": f"race-{phone}"}
     responses = race(live_server, 10, headers, {"name": "Racer", "phone": phone})
-    originals = [r for r in responses
-                 if r.status_code == 201 and "idempotent-replayed" not in r.headers]
+    originals = [
+        r for r in responses if r.status_code == 201 and "idempotent-replayed" not in r.headers
+    ]
     replays = [r for r in responses if r.headers.get("idempotent-replayed") == "true"]
     in_flight = [r for r in responses if r.status_code == 409]
     assert len(originals) == 1
@@ -70,8 +78,9 @@ def test_ten_simultaneous_creates_with_one_idempotency_key(
     assert all(r.json() == originals[0].json() for r in replays)
     assert all(r.json()["errors"][0]["field"] == "Idempotency-Key" for r in in_flight)
     assert live_contacts_with_phone(db, tenant, phone) == 1
-    after = httpx.post(f"{live_server}{CONTACTS}", json={"name": "Racer", "phone": phone},
-                       headers=headers)
+    after = httpx.post(
+        f"{live_server}{CONTACTS}", json={"name": "Racer", "phone": phone}, headers=headers
+    )
     assert after.status_code == 201
     assert after.headers["idempotent-replayed"] == "true"
     assert after.json() == originals[0].json()

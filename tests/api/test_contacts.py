@@ -15,8 +15,19 @@ from tests.api.conftest import CONTACTS, create, unique_email, unique_phone
 from tests.factories import TenantFixture, make_contact
 
 CONTACT_FIELDS = {
-    "id", "name", "email", "phone", "status", "role", "channelPreference", "source",
-    "referralSource", "language", "appliedAt", "createdAt", "updatedAt",
+    "id",
+    "name",
+    "email",
+    "phone",
+    "status",
+    "role",
+    "channelPreference",
+    "source",
+    "referralSource",
+    "language",
+    "appliedAt",
+    "createdAt",
+    "updatedAt",
 }
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -24,8 +35,9 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 def test_create_returns_201_with_defaults(client: TestClient, tenant: TenantFixture) -> None:
     """A minimal create answers 201 with the bare contact and the documented defaults."""
     email = unique_email()
-    response = client.post(CONTACTS, json={"name": "Jane Smith", "email": email},
-                           headers=tenant.auth)
+    response = client.post(
+        CONTACTS, json={"name": "Jane Smith", "email": email}, headers=tenant.auth
+    )
     assert response.status_code == 201
     assert response.headers["content-type"] == "application/json"
     body = response.json()
@@ -44,9 +56,16 @@ def test_create_returns_201_with_defaults(client: TestClient, tenant: TenantFixt
 def test_create_takes_every_documented_field(client: TestClient, tenant: TenantFixture) -> None:
     """Every field of the create table is stored as given (phone and email normalized)."""
     body = create(
-        client, tenant, name="  Jane Smith ", email="Jane.Smith@Example.COM",
-        phone="(212) 555-0142", status="scheduled", role="landlord",
-        channelPreference="whatsapp", source="crm_import", referralSource="zillow",
+        client,
+        tenant,
+        name="  Jane Smith ",
+        email="Jane.Smith@Example.COM",
+        phone="(212) 555-0142",
+        status="scheduled",
+        role="landlord",
+        channelPreference="whatsapp",
+        source="crm_import",
+        referralSource="zillow",
         language="es",
     )
     assert body["name"] == "Jane Smith"
@@ -55,7 +74,9 @@ def test_create_takes_every_documented_field(client: TestClient, tenant: TenantF
     assert (body["status"], body["role"]) == ("scheduled", "landlord")
     assert body["channelPreference"] == "whatsapp"
     assert (body["source"], body["referralSource"], body["language"]) == (
-        "crm_import", "zillow", "es"
+        "crm_import",
+        "zillow",
+        "es",
     )
 
 
@@ -90,12 +111,16 @@ def test_create_with_status_applicant_sets_applied_at(
         ({"name": "Jane", "phone": "12"}, {"phone"}),
         ({"name": "Jane", "email": "a@example.com", "status": "lead"}, {"status"}),
         ({"name": "Jane", "email": "a@example.com", "role": "owner"}, {"role"}),
-        ({"name": "Jane", "email": "a@example.com", "channelPreference": "fax"},
-         {"channelPreference"}),
+        (
+            {"name": "Jane", "email": "a@example.com", "channelPreference": "fax"},
+            {"channelPreference"},
+        ),
         ({"name": "Jane", "email": "a@example.com", "language": "english"}, {"language"}),
         ({"name": "Jane", "email": "a@example.com", "language": "xx"}, {"language"}),
-        ({"name": "Jane", "email": "a@example.com", "appliedAt": "2026-01-01T00:00:00Z"},
-         {"appliedAt"}),
+        (
+            {"name": "Jane", "email": "a@example.com", "appliedAt": "2026-01-01T00:00:00Z"},
+            {"appliedAt"},
+        ),
         ({"name": "Jane", "email": "a@example.com", "notes": "vip"}, {"notes"}),
         ({"name": 42, "email": "a@example.com"}, {"name"}),
         ({"name": "J" * 301, "email": "a@example.com"}, {"name"}),
@@ -132,8 +157,9 @@ def test_create_duplicate_phone_is_409_naming_existing(
 ) -> None:
     """A second live contact with the same phone (any spelling) is a 409 naming the first."""
     first = create(client, tenant, phone="+1 212 555 0199")
-    response = client.post(CONTACTS, json={"name": "Other", "phone": "(212) 555-0199"},
-                           headers=tenant.auth)
+    response = client.post(
+        CONTACTS, json={"name": "Other", "phone": "(212) 555-0199"}, headers=tenant.auth
+    )
     assert response.status_code == 409
     problem = response.json()
     assert problem["existingContactId"] == first["id"]
@@ -145,8 +171,9 @@ def test_create_duplicate_email_is_409(client: TestClient, tenant: TenantFixture
     """The same email in another case is the same email: 409."""
     email = unique_email()
     first = create(client, tenant, email=email)
-    response = client.post(CONTACTS, json={"name": "Other", "email": email.upper()},
-                           headers=tenant.auth)
+    response = client.post(
+        CONTACTS, json={"name": "Other", "email": email.upper()}, headers=tenant.auth
+    )
     assert response.status_code == 409
     assert response.json()["existingContactId"] == first["id"]
     assert response.json()["errors"][0]["field"] == "email"
@@ -186,9 +213,11 @@ def test_contact_never_exposes_notes_or_deleted_at(
 def test_update_changes_only_the_fields_sent(client: TestClient, tenant: TenantFixture) -> None:
     """PATCH changes what is sent, keeps the rest, and bumps updatedAt."""
     created = create(client, tenant, phone=unique_phone(), referralSource="zillow")
-    response = client.patch(f"{CONTACTS}/{created['id']}",
-                            json={"status": "scheduled", "channelPreference": "email"},
-                            headers=tenant.auth)
+    response = client.patch(
+        f"{CONTACTS}/{created['id']}",
+        json={"status": "scheduled", "channelPreference": "email"},
+        headers=tenant.auth,
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "scheduled"
@@ -204,17 +233,30 @@ def test_update_every_updatable_field(client: TestClient, tenant: TenantFixture)
     """Each field of the doc's updatable table can be changed."""
     created = create(client, tenant)
     changes = {
-        "name": "Janet Smith", "email": "JANET@example.org", "phone": "212-555-0123",
-        "status": "renter", "role": "tenant", "channelPreference": "telegram",
-        "source": "walk_in", "referralSource": "friend", "language": "fr",
+        "name": "Janet Smith",
+        "email": "JANET@example.org",
+        "phone": "212-555-0123",
+        "status": "renter",
+        "role": "tenant",
+        "channelPreference": "telegram",
+        "source": "walk_in",
+        "referralSource": "friend",
+        "language": "fr",
     }
     response = client.patch(f"{CONTACTS}/{created['id']}", json=changes, headers=tenant.auth)
     assert response.status_code == 200
     body = response.json()
     assert body["email"] == "janet@example.org"
     assert body["phone"] == "+12125550123"
-    for field in ("name", "status", "role", "channelPreference", "source", "referralSource",
-                  "language"):
+    for field in (
+        "name",
+        "status",
+        "role",
+        "channelPreference",
+        "source",
+        "referralSource",
+        "language",
+    ):
         assert body[field] == changes[field]
 
 
@@ -223,8 +265,7 @@ def test_applied_at_follows_status(client: TestClient, tenant: TenantFixture) ->
     url = f"{CONTACTS}/{create(client, tenant)['id']}"
     applied = client.patch(url, json={"status": "applicant"}, headers=tenant.auth).json()
     assert applied["appliedAt"] is not None
-    again = client.patch(url, json={"status": "applicant", "name": "J"},
-                         headers=tenant.auth).json()
+    again = client.patch(url, json={"status": "applicant", "name": "J"}, headers=tenant.auth).json()
     assert again["appliedAt"] == applied["appliedAt"]
     moved = client.patch(url, json={"status": "renter"}, headers=tenant.auth).json()
     assert moved["appliedAt"] is None
@@ -232,9 +273,15 @@ def test_applied_at_follows_status(client: TestClient, tenant: TenantFixture) ->
 
 @pytest.mark.parametrize(
     "payload",
-    [{"id": str(uuid.uuid4())}, {"appliedAt": "2026-01-01T00:00:00Z"},
-     {"createdAt": "2026-01-01T00:00:00Z"}, {"updatedAt": "2026-01-01T00:00:00Z"},
-     {"deletedAt": None}, {"notes": "x"}, {"favouriteColour": "blue"}],
+    [
+        {"id": str(uuid.uuid4())},
+        {"appliedAt": "2026-01-01T00:00:00Z"},
+        {"createdAt": "2026-01-01T00:00:00Z"},
+        {"updatedAt": "2026-01-01T00:00:00Z"},
+        {"deletedAt": None},
+        {"notes": "x"},
+        {"favouriteColour": "blue"},
+    ],
 )
 def test_update_read_only_or_unknown_field_is_400(
     client: TestClient, tenant: TenantFixture, payload: dict[str, object]
@@ -249,8 +296,15 @@ def test_update_read_only_or_unknown_field_is_400(
 
 @pytest.mark.parametrize(
     "payload",
-    [{"name": ""}, {"name": None}, {"status": None}, {"status": "gone"}, {"language": "eng"},
-     {"source": None}, {"email": "nope"}],
+    [
+        {"name": ""},
+        {"name": None},
+        {"status": None},
+        {"status": "gone"},
+        {"language": "eng"},
+        {"source": None},
+        {"email": "nope"},
+    ],
 )
 def test_update_invalid_value_is_400(
     client: TestClient, tenant: TenantFixture, payload: dict[str, object]
@@ -274,12 +328,26 @@ def test_update_must_keep_email_or_phone(client: TestClient, tenant: TenantFixtu
     assert {e["field"] for e in response.json()["errors"]} == {"email", "phone"}
 
 
+def test_update_of_a_contact_without_phone_or_email(
+    client: TestClient, db: Database, tenant: TenantFixture
+) -> None:
+    """A contact the worker made from a Telegram id alone can still have its status changed."""
+    contact_id = make_contact(db, tenant.id, name="@janes", email=None, source="telegram")
+    response = client.patch(
+        f"{CONTACTS}/{contact_id}", json={"status": "scheduled"}, headers=tenant.auth
+    )
+    assert response.status_code == 200
+    assert response.json()["status"] == "scheduled"
+    assert response.json()["source"] == "telegram"
+
+
 def test_update_to_a_taken_phone_is_409(client: TestClient, tenant: TenantFixture) -> None:
     """Moving a contact onto another live contact's phone is a 409 naming that contact."""
     taken = create(client, tenant, phone=unique_phone())
     mover = create(client, tenant)
-    response = client.patch(f"{CONTACTS}/{mover['id']}", json={"phone": taken["phone"]},
-                            headers=tenant.auth)
+    response = client.patch(
+        f"{CONTACTS}/{mover['id']}", json={"phone": taken["phone"]}, headers=tenant.auth
+    )
     assert response.status_code == 409
     assert response.json()["existingContactId"] == taken["id"]
 
@@ -287,15 +355,15 @@ def test_update_to_a_taken_phone_is_409(client: TestClient, tenant: TenantFixtur
 def test_update_keeping_its_own_phone_is_fine(client: TestClient, tenant: TenantFixture) -> None:
     """Sending a contact's own phone back is not a duplicate of itself."""
     created = create(client, tenant, phone=unique_phone())
-    response = client.patch(f"{CONTACTS}/{created['id']}", json={"phone": created["phone"]},
-                            headers=tenant.auth)
+    response = client.patch(
+        f"{CONTACTS}/{created['id']}", json={"phone": created["phone"]}, headers=tenant.auth
+    )
     assert response.status_code == 200
 
 
 def test_update_unknown_contact_is_404(client: TestClient, tenant: TenantFixture) -> None:
     """PATCH on an id that names nothing is a 404."""
-    response = client.patch(f"{CONTACTS}/{uuid.uuid4()}", json={"name": "x"},
-                            headers=tenant.auth)
+    response = client.patch(f"{CONTACTS}/{uuid.uuid4()}", json={"name": "x"}, headers=tenant.auth)
     assert response.status_code == 404
 
 
@@ -314,9 +382,7 @@ def test_delete_is_soft_and_final(client: TestClient, tenant: TenantFixture) -> 
     assert listed["pagination"]["total"] == 0
 
 
-def test_delete_keeps_the_row(
-    client: TestClient, db: Database, tenant: TenantFixture
-) -> None:
+def test_delete_keeps_the_row(client: TestClient, db: Database, tenant: TenantFixture) -> None:
     """The deleted contact is retained with deleted_at set, for compliance."""
     from models.schema import Contact
 
@@ -358,12 +424,20 @@ def test_list_is_newest_first_with_id_tiebreak(
     base = datetime(2026, 2, 10, 14, 30, tzinfo=UTC)
     older = make_contact(db, tenant.id, created_at=base, updated_at=base)
     same = sorted(
-        (make_contact(db, tenant.id, created_at=base + timedelta(hours=1),
-                      updated_at=base + timedelta(hours=1)) for _ in range(3)),
+        (
+            make_contact(
+                db,
+                tenant.id,
+                created_at=base + timedelta(hours=1),
+                updated_at=base + timedelta(hours=1),
+            )
+            for _ in range(3)
+        ),
         reverse=True,
     )
-    newest = make_contact(db, tenant.id, created_at=base + timedelta(days=1),
-                          updated_at=base + timedelta(days=1))
+    newest = make_contact(
+        db, tenant.id, created_at=base + timedelta(days=1), updated_at=base + timedelta(days=1)
+    )
     ids = [item["id"] for item in client.get(CONTACTS, headers=tenant.auth).json()["data"]]
     assert ids == [str(i) for i in [newest, *same, older]]
 
@@ -408,10 +482,17 @@ def test_list_clamps_limit_to_the_plan_maximum(
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"limit": 0}, "limit"), ({"limit": -1}, "limit"), ({"page": 0}, "page"),
-     ({"page": "two"}, "page"), ({"limit": "1.5"}, "limit"), ({"status": "lead"}, "status"),
-     ({"role": "owner"}, "role"), ({"channel": "fax"}, "channel"),
-     ({"stauts": "renter"}, "stauts")],
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": -1}, "limit"),
+        ({"page": 0}, "page"),
+        ({"page": "two"}, "page"),
+        ({"limit": "1.5"}, "limit"),
+        ({"status": "lead"}, "status"),
+        ({"role": "owner"}, "role"),
+        ({"channel": "fax"}, "channel"),
+        ({"stauts": "renter"}, "stauts"),
+    ],
 )
 def test_list_bad_query_is_400(
     client: TestClient, tenant: TenantFixture, params: dict[str, object], field: str
@@ -423,9 +504,7 @@ def test_list_bad_query_is_400(
     assert [e["field"] for e in response.json()["errors"]] == [field]
 
 
-def test_list_filters_by_status_role_and_channel(
-    client: TestClient, tenant: TenantFixture
-) -> None:
+def test_list_filters_by_status_role_and_channel(client: TestClient, tenant: TenantFixture) -> None:
     """status, role and channel each narrow the list, and combine."""
     a = create(client, tenant, status="scheduled", role="landlord", channelPreference="sms")
     b = create(client, tenant, status="scheduled", role="vendor", channelPreference="email")
@@ -445,8 +524,7 @@ def test_list_filters_by_status_role_and_channel(
 def test_search_matches_name_email_and_phone(client: TestClient, tenant: TenantFixture) -> None:
     """search is a case-insensitive substring of name, email or phone."""
     jane = create(client, tenant, name="Jane Smith", email="js@alpha.example")
-    bob = create(client, tenant, name="Bob Jones", email="BOB@beta.example",
-                 phone="+12125557788")
+    bob = create(client, tenant, name="Bob Jones", email="BOB@beta.example", phone="+12125557788")
 
     def ids(term: str) -> set[str]:
         data = client.get(CONTACTS, params={"search": term}, headers=tenant.auth).json()["data"]
@@ -483,8 +561,7 @@ def test_search_total_counts_matches(client: TestClient, tenant: TenantFixture) 
     create(client, tenant, name="Alice Match")
     create(client, tenant, name="Alice Match Two")
     create(client, tenant, name="Other")
-    body = client.get(CONTACTS, params={"search": "match", "limit": 1},
-                      headers=tenant.auth).json()
+    body = client.get(CONTACTS, params={"search": "match", "limit": 1}, headers=tenant.auth).json()
     assert body["pagination"] == {"page": 1, "limit": 1, "total": 2, "totalPages": 2}
 
 

@@ -17,8 +17,13 @@ PROBLEM_MEMBERS = {"type", "title", "status", "detail", "errors"}
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer intk_wrong"}, {"Authorization": "Basic dXNlcjpwdw=="},
-     {"Authorization": "Bearer "}, {"Authorization": "intk_no_scheme"}],
+    [
+        {},
+        {"Authorization": "Bearer intk_wrong"},
+        {"Authorization": "Basic dXNlcjpwdw=="},
+        {"Authorization": "Bearer "},
+        {"Authorization": "intk_no_scheme"},
+    ],
 )
 def test_missing_or_wrong_key_is_401_with_challenge(
     client: TestClient, headers: dict[str, str]
@@ -43,15 +48,24 @@ def test_revoked_key_is_401(client: TestClient, db: Database, tenant: TenantFixt
 
     assert client.get(CONTACTS, headers=tenant.auth).status_code == 200
     with db.unit_of_work() as session:
-        session.execute(update(ApiKey).where(ApiKey.key_hash == hash_api_key(tenant.api_key))
-                        .values(revoked_at=utcnow()))
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.key_hash == hash_api_key(tenant.api_key))
+            .values(revoked_at=utcnow())
+        )
     assert client.get(CONTACTS, headers=tenant.auth).status_code == 401
 
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", CONTACTS), ("POST", CONTACTS), ("GET", f"{CONTACTS}/x"),
-     ("PATCH", f"{CONTACTS}/x"), ("DELETE", f"{CONTACTS}/x"), ("GET", f"{CONTACTS}/x/messages")],
+    [
+        ("GET", CONTACTS),
+        ("POST", CONTACTS),
+        ("GET", f"{CONTACTS}/x"),
+        ("PATCH", f"{CONTACTS}/x"),
+        ("DELETE", f"{CONTACTS}/x"),
+        ("GET", f"{CONTACTS}/x/messages"),
+    ],
 )
 def test_every_contacts_route_needs_a_key(client: TestClient, method: str, path: str) -> None:
     """Each route of the Contacts API answers 401 without a key."""

@@ -24,9 +24,12 @@ def post(
 
 def count_contacts(db: Database, tenant: TenantFixture) -> int:
     with db.sessions() as session:
-        return session.scalar(
-            select(func.count()).select_from(Contact).where(Contact.tenant_id == tenant.id)
-        ) or 0
+        return (
+            session.scalar(
+                select(func.count()).select_from(Contact).where(Contact.tenant_id == tenant.id)
+            )
+            or 0
+        )
 
 
 def test_same_key_same_body_replays_first_response(
@@ -77,11 +80,18 @@ def test_in_flight_key_is_409(client: TestClient, db: Database, tenant: TenantFi
     body = {"name": "Jane", "email": unique_email()}
     with db.unit_of_work() as session:
         now = utcnow()
-        session.add(IdempotencyKey(tenant_id=tenant.id, key="busy",
-                                   request_hash=request_fingerprint(body), created_at=now,
-                                   expires_at=now + timedelta(hours=24)))
+        session.add(
+            IdempotencyKey(
+                tenant_id=tenant.id,
+                key="busy",
+                request_hash=request_fingerprint(body),
+                created_at=now,
+                expires_at=now + timedelta(hours=24),
+            )
+        )
     response = post(client, tenant, "busy", body)
     assert response.status_code == 409
+    assert response.headers["retry-after"] == "1"
     assert response.json()["errors"][0]["field"] == "Idempotency-Key"
     assert count_contacts(db, tenant) == 0
 
@@ -93,15 +103,22 @@ def test_abandoned_in_flight_key_is_taken_over(
     body = {"name": "Jane", "email": unique_email()}
     with db.unit_of_work() as session:
         then = utcnow() - timedelta(minutes=5)
-        session.add(IdempotencyKey(tenant_id=tenant.id, key="dead",
-                                   request_hash=request_fingerprint(body), created_at=then,
-                                   expires_at=then + timedelta(hours=24)))
+        session.add(
+            IdempotencyKey(
+                tenant_id=tenant.id,
+                key="dead",
+                request_hash=request_fingerprint(body),
+                created_at=then,
+                expires_at=then + timedelta(hours=24),
+            )
+        )
     assert post(client, tenant, "dead", body).status_code == 201
     assert count_contacts(db, tenant) == 1
 
 
-def test_keys_are_per_tenant(client: TestClient, tenant: TenantFixture,
-                             other_tenant: TenantFixture) -> None:
+def test_keys_are_per_tenant(
+    client: TestClient, tenant: TenantFixture, other_tenant: TenantFixture
+) -> None:
     """The same key in two tenants is two keys: each creates its own contact."""
     body = {"name": "Jane", "phone": unique_phone()}
     mine = post(client, tenant, "shared", body)
@@ -116,9 +133,11 @@ def test_expired_key_is_reusable(client: TestClient, db: Database, tenant: Tenan
     first = post(client, tenant, "old", {"name": "A", "email": unique_email()})
     assert first.status_code == 201
     with db.unit_of_work() as session:
-        session.execute(update(IdempotencyKey)
-                        .where(IdempotencyKey.tenant_id == tenant.id, IdempotencyKey.key == "old")
-                        .values(expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.tenant_id == tenant.id, IdempotencyKey.key == "old")
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     again = post(client, tenant, "old", {"name": "B", "email": unique_email()})
     assert again.status_code == 201
     assert "idempotent-replayed" not in again.headers
@@ -147,7 +166,8 @@ def test_create_without_key_is_not_idempotent(
 ) -> None:
     """Without a key, two creates with different emails make two contacts."""
     for _ in range(2):
-        response = client.post(CONTACTS, json={"name": "A", "email": unique_email()},
-                               headers=tenant.auth)
+        response = client.post(
+            CONTACTS, json={"name": "A", "email": unique_email()}, headers=tenant.auth
+        )
         assert response.status_code == 201
     assert count_contacts(db, tenant) == 2

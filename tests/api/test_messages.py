@@ -22,9 +22,15 @@ def test_messages_newest_first_with_fields(
     contact_id = uuid.UUID(contact["id"])
     base = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
     old = make_message(db, tenant.id, contact_id, received_at=base, body="first")
-    new = make_message(db, tenant.id, contact_id, received_at=base + timedelta(minutes=5),
-                       body="second", channel="whatsapp",
-                       media=[{"kind": "image", "mime_type": "image/jpeg"}])
+    new = make_message(
+        db,
+        tenant.id,
+        contact_id,
+        received_at=base + timedelta(minutes=5),
+        body="second",
+        channel="whatsapp",
+        media=[{"kind": "image", "mime_type": "image/jpeg"}],
+    )
     response = client.get(f"{CONTACTS}/{contact['id']}/messages", headers=tenant.auth)
     assert response.status_code == 200
     body = response.json()

@@ -62,22 +62,31 @@ CHECKS = [
 
 @pytest.mark.parametrize(("method", "path", "mode"), OPERATIONS)
 def test_operation_conforms_to_the_schema(
-    app: FastAPI, client: TestClient, tenant: TenantFixture, method: str, path: str,
+    app: FastAPI,
+    client: TestClient,
+    tenant: TenantFixture,
+    method: str,
+    path: str,
     mode: GenerationMode,
 ) -> None:
     """Generated requests with a valid key never get a 5xx, and every response fits the schema."""
     operation = schemathesis.openapi.from_asgi("/openapi.json", app)[path][method]
     # A real contact for the id-taking routes, so that generated bodies and queries reach the
     # code behind the 404 (DELETE keeps a random id: it would leave nothing for the rest).
-    contact = client.post("/api/v1/contacts", json={"name": "Fuzz", "phone": unique_phone()},
-                          headers=tenant.auth).json()
+    contact = client.post(
+        "/api/v1/contacts", json={"name": "Fuzz", "phone": unique_phone()}, headers=tenant.auth
+    ).json()
     fixed = {"contact_id": contact["id"]} if "{contact_id}" in path and method != "DELETE" else {}
     if "{tenant_id}" in path:
         fixed["tenant_id"] = str(tenant.id)
 
     @given(case=operation.as_strategy(mode, path_parameters=fixed or None))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     def conforms(case: Any) -> None:
         case.call_and_validate(headers=tenant.auth, checks=CHECKS)
 
@@ -93,7 +102,10 @@ def test_schema_documents_problem_json_and_no_422_validation(client: TestClient)
             for code, response in operation["responses"].items():
                 if int(code) >= 400:
                     assert list(response["content"]) == ["application/problem+json"], (
-                        path, method, code)
+                        path,
+                        method,
+                        code,
+                    )
     create = document["paths"]["/api/v1/contacts"]["post"]
     assert set(create["responses"]) == {"201", "400", "401", "409", "422"}
     assert "422" not in document["paths"]["/api/v1/contacts"]["get"]["responses"]
@@ -105,19 +117,40 @@ def test_schema_names_fields_enums_and_the_idempotency_header(client: TestClient
     schemas = document["components"]["schemas"]
     contact = schemas["ContactOut"]["properties"]
     assert set(contact) == {
-        "id", "name", "email", "phone", "status", "role", "channelPreference", "source",
-        "referralSource", "language", "appliedAt", "createdAt", "updatedAt",
+        "id",
+        "name",
+        "email",
+        "phone",
+        "status",
+        "role",
+        "channelPreference",
+        "source",
+        "referralSource",
+        "language",
+        "appliedAt",
+        "createdAt",
+        "updatedAt",
     }
     assert schemas["ContactStatus"]["enum"] == [
-        "prospect", "scheduled", "applicant", "renter", "archived"]
+        "prospect",
+        "scheduled",
+        "applicant",
+        "renter",
+        "archived",
+    ]
     assert schemas["ContactRole"]["enum"] == [
-        "prospect", "tenant", "landlord", "property_manager", "vendor", "other"]
+        "prospect",
+        "tenant",
+        "landlord",
+        "property_manager",
+        "vendor",
+        "other",
+    ]
     assert schemas["Channel"]["enum"] == ["whatsapp", "telegram", "sms", "email"]
     assert "en" in schemas["ContactCreate"]["properties"]["language"]["enum"]
     assert set(schemas["Pagination"]["properties"]) == {"page", "limit", "total", "totalPages"}
     create = document["paths"]["/api/v1/contacts"]["post"]
-    assert any(p["name"] == "Idempotency-Key" and p["in"] == "header"
-               for p in create["parameters"])
+    assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in create["parameters"])
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     unauthorized = document["paths"]["/api/v1/contacts"]["get"]["responses"]["401"]
     assert "WWW-Authenticate" in unauthorized["headers"]

@@ -15,8 +15,9 @@ def test_every_route_refuses_another_tenants_contact(
     client: TestClient, db: Database, tenant: TenantFixture, other_tenant: TenantFixture
 ) -> None:
     """Get, patch, delete and messages on another tenant's id are 404, and nothing changes."""
-    theirs = create(client, other_tenant, name="Secret Person", phone=unique_phone(),
-                    email=unique_email())
+    theirs = create(
+        client, other_tenant, name="Secret Person", phone=unique_phone(), email=unique_email()
+    )
     make_message(db, other_tenant.id, uuid.UUID(theirs["id"]), body="private")
     url = f"{CONTACTS}/{theirs['id']}"
 
@@ -37,8 +38,9 @@ def test_list_and_search_show_only_own_contacts(
     client: TestClient, tenant: TenantFixture, other_tenant: TenantFixture
 ) -> None:
     """The list, its total and every search only ever see the caller's contacts."""
-    theirs = create(client, other_tenant, name="Zebediah Quux", phone="+12125550777",
-                    email="zeb@other.example")
+    theirs = create(
+        client, other_tenant, name="Zebediah Quux", phone="+12125550777", email="zeb@other.example"
+    )
     mine = create(client, tenant, name="Mine Only")
     listed = client.get(CONTACTS, headers=tenant.auth).json()
     assert [c["id"] for c in listed["data"]] == [mine["id"]]
@@ -58,8 +60,9 @@ def test_same_phone_and_email_in_two_tenants_is_fine(
     """Duplicates are per tenant: no 409, and no id of the other tenant's contact leaks."""
     phone, email = unique_phone(), unique_email()
     theirs = create(client, other_tenant, phone=phone, email=email)
-    response = client.post(CONTACTS, json={"name": "Me", "phone": phone, "email": email},
-                           headers=tenant.auth)
+    response = client.post(
+        CONTACTS, json={"name": "Me", "phone": phone, "email": email}, headers=tenant.auth
+    )
     assert response.status_code == 201
     assert theirs["id"] not in response.text
 
@@ -71,8 +74,7 @@ def test_update_to_a_phone_used_in_another_tenant_is_fine(
     phone = unique_phone()
     create(client, other_tenant, phone=phone)
     mine = create(client, tenant)
-    response = client.patch(f"{CONTACTS}/{mine['id']}", json={"phone": phone},
-                            headers=tenant.auth)
+    response = client.patch(f"{CONTACTS}/{mine['id']}", json={"phone": phone}, headers=tenant.auth)
     assert response.status_code == 200
 
 
@@ -81,8 +83,9 @@ def test_idempotency_replay_never_crosses_tenants(
 ) -> None:
     """Another tenant's stored response for the same key is never replayed to me."""
     body = {"name": "Jane", "email": unique_email()}
-    theirs = client.post(CONTACTS, json=body,
-                         headers={**other_tenant.auth, "Idempotency-Key": "k"}).json()
+    theirs = client.post(
+        CONTACTS, json=body, headers={**other_tenant.auth, "Idempotency-Key": "k"}
+    ).json()
     mine = client.post(CONTACTS, json=body, headers={**tenant.auth, "Idempotency-Key": "k"})
     assert mine.status_code == 201
     assert mine.json()["id"] != theirs["id"]

@@ -50,12 +50,20 @@ def test_create_normalizes_and_defaults(db: Database) -> None:
     tenant = make_tenant(db)
     with db.unit_of_work() as session:
         contact = contacts.create_contact(
-            session, tenant_id=tenant.id, region="US", name=" Ann ", email="Ann@X.Example",
+            session,
+            tenant_id=tenant.id,
+            region="US",
+            name=" Ann ",
+            email="Ann@X.Example",
             phone="(212) 555-0101",
         )
     assert (contact.name, contact.email, contact.phone) == ("Ann", "ann@x.example", "+12125550101")
     assert (contact.status, contact.role, contact.source, contact.language) == (
-        "prospect", "prospect", "api", "en")
+        "prospect",
+        "prospect",
+        "api",
+        "en",
+    )
     assert contact.created_at == contact.updated_at
 
 
@@ -63,8 +71,15 @@ def test_create_reports_every_bad_field_at_once(db: Database) -> None:
     """Several bad fields give one error naming each of them."""
     tenant = make_tenant(db)
     with db.unit_of_work() as session, pytest.raises(ContactValidationError) as caught:
-        contacts.create_contact(session, tenant_id=tenant.id, region="US", name="",
-                                email="bad", status="lead", language="EN")
+        contacts.create_contact(
+            session,
+            tenant_id=tenant.id,
+            region="US",
+            name="",
+            email="bad",
+            status="lead",
+            language="EN",
+        )
     assert {p.field for p in caught.value.problems} == {"name", "email", "status", "language"}
 
 
@@ -81,8 +96,13 @@ def test_update_refuses_unknown_fields(db: Database) -> None:
     tenant = make_tenant(db)
     contact_id = make_contact(db, tenant.id)
     with db.unit_of_work() as session, pytest.raises(ContactValidationError) as caught:
-        contacts.update_contact(session, tenant_id=tenant.id, contact_id=contact_id,
-                                region="US", changes={"applied_at": utcnow(), "notes": "x"})
+        contacts.update_contact(
+            session,
+            tenant_id=tenant.id,
+            contact_id=contact_id,
+            region="US",
+            changes={"applied_at": utcnow(), "notes": "x"},
+        )
     assert {p.field for p in caught.value.problems} == {"applied_at", "notes"}
 
 
@@ -91,11 +111,21 @@ def test_update_status_drives_applied_at(db: Database) -> None:
     tenant = make_tenant(db)
     contact_id = make_contact(db, tenant.id)
     with db.unit_of_work() as session:
-        contact = contacts.update_contact(session, tenant_id=tenant.id, contact_id=contact_id,
-                                          region="US", changes={"status": "applicant"})
+        contact = contacts.update_contact(
+            session,
+            tenant_id=tenant.id,
+            contact_id=contact_id,
+            region="US",
+            changes={"status": "applicant"},
+        )
         assert contact.applied_at is not None
-        contact = contacts.update_contact(session, tenant_id=tenant.id, contact_id=contact_id,
-                                          region="US", changes={"status": "archived"})
+        contact = contacts.update_contact(
+            session,
+            tenant_id=tenant.id,
+            contact_id=contact_id,
+            region="US",
+            changes={"status": "archived"},
+        )
         assert contact.applied_at is None
 
 
@@ -109,8 +139,9 @@ def test_delete_frees_phone_and_hides_contact(db: Database) -> None:
     with db.unit_of_work() as session:
         with pytest.raises(ContactNotFoundError):
             contacts.delete_contact(session, tenant_id=tenant.id, contact_id=contact_id)
-        again = contacts.create_contact(session, tenant_id=tenant.id, region="US", name="B",
-                                        phone=phone)
+        again = contacts.create_contact(
+            session, tenant_id=tenant.id, region="US", name="B", phone=phone
+        )
     assert again.id != contact_id
 
 
@@ -131,16 +162,18 @@ def test_concurrent_create_loser_gets_duplicate_with_winners_id(db: Database) ->
     phone = new_phone()
     winner_flushed = threading.Event()
     with db.unit_of_work() as winner_session:
-        winner = contacts.create_contact(winner_session, tenant_id=tenant.id, region="US",
-                                         name="Winner", phone=phone)
+        winner = contacts.create_contact(
+            winner_session, tenant_id=tenant.id, region="US", name="Winner", phone=phone
+        )
         winner_flushed.set()
 
         def loser() -> uuid.UUID | None:
             # The winner is flushed but not committed: the pre-check cannot see it, the index can.
             with db.unit_of_work() as session:
                 try:
-                    contacts.create_contact(session, tenant_id=tenant.id, region="US",
-                                            name="Loser", phone=phone)
+                    contacts.create_contact(
+                        session, tenant_id=tenant.id, region="US", name="Loser", phone=phone
+                    )
                 except DuplicateContactError as exc:
                     return exc.existing_id
             return None
@@ -163,10 +196,12 @@ def _wait_until_blocked_on_lock(db: Database) -> bool:
     deadline = time.monotonic() + 10
     with db.engine.connect() as connection:
         while time.monotonic() < deadline:
-            waiting = connection.execute(text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            )).scalar_one()
+            waiting = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar_one()
             if waiting:
                 return True
             connection.rollback()
@@ -178,16 +213,23 @@ def test_claim_then_replay_then_mismatch(db: Database) -> None:
     """A claimed key answers in-flight, then replays its response, and refuses another body."""
     tenant = make_tenant(db)
     with db.unit_of_work() as session:
-        assert claim_idempotency_key(session, tenant_id=tenant.id, key="k",
-                                     request_hash="a") is None
+        assert (
+            claim_idempotency_key(session, tenant_id=tenant.id, key="k", request_hash="a") is None
+        )
     with db.unit_of_work() as session, pytest.raises(IdempotencyKeyInFlightError):
         claim_idempotency_key(session, tenant_id=tenant.id, key="k", request_hash="a")
     with db.unit_of_work() as session:
-        record_idempotent_response(session, tenant_id=tenant.id, key="k", request_hash="a",
-                                   response=StoredResponse(201, {"id": "x"}))
+        record_idempotent_response(
+            session,
+            tenant_id=tenant.id,
+            key="k",
+            request_hash="a",
+            response=StoredResponse(201, {"id": "x"}),
+        )
     with db.unit_of_work() as session:
-        assert claim_idempotency_key(session, tenant_id=tenant.id, key="k",
-                                     request_hash="a") == StoredResponse(201, {"id": "x"})
+        assert claim_idempotency_key(
+            session, tenant_id=tenant.id, key="k", request_hash="a"
+        ) == StoredResponse(201, {"id": "x"})
     with db.unit_of_work() as session, pytest.raises(IdempotencyKeyReusedError):
         claim_idempotency_key(session, tenant_id=tenant.id, key="k", request_hash="b")
 
@@ -200,13 +242,23 @@ def test_unexpected_failure_releases_the_key(db: Database) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        run_idempotently(db, tenant_id=tenant.id, key="r", request_hash="h", action=boom,
-                         error_response=lambda _exc: None)
+        run_idempotently(
+            db,
+            tenant_id=tenant.id,
+            key="r",
+            request_hash="h",
+            action=boom,
+            error_response=lambda _exc: None,
+        )
     with db.sessions() as session:
         assert session.get(IdempotencyKey, (tenant.id, "r")) is None
     response, replayed = run_idempotently(
-        db, tenant_id=tenant.id, key="r", request_hash="h",
-        action=lambda _s: StoredResponse(201, {"ok": True}), error_response=lambda _e: None,
+        db,
+        tenant_id=tenant.id,
+        key="r",
+        request_hash="h",
+        action=lambda _s: StoredResponse(201, {"ok": True}),
+        error_response=lambda _e: None,
     )
     assert (response.status, replayed) == (201, False)
 
@@ -217,12 +269,19 @@ def test_purge_removes_only_expired_keys(db: Database) -> None:
     now = utcnow()
     with db.unit_of_work() as session:
         for key, age in (("old", timedelta(hours=25)), ("new", timedelta(hours=1))):
-            session.add(IdempotencyKey(tenant_id=tenant.id, key=key, request_hash="h",
-                                       created_at=now - age,
-                                       expires_at=now - age + timedelta(hours=24)))
+            session.add(
+                IdempotencyKey(
+                    tenant_id=tenant.id,
+                    key=key,
+                    request_hash="h",
+                    created_at=now - age,
+                    expires_at=now - age + timedelta(hours=24),
+                )
+            )
     with db.unit_of_work() as session:
         purge_expired_idempotency_keys(session, now=now)
     with db.sessions() as session:
-        keys = set(session.scalars(select(IdempotencyKey.key)
-                                   .where(IdempotencyKey.tenant_id == tenant.id)))
+        keys = set(
+            session.scalars(select(IdempotencyKey.key).where(IdempotencyKey.tenant_id == tenant.id))
+        )
     assert keys == {"new"}

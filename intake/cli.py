@@ -20,6 +20,7 @@ from models.tenants import (
     TenantNotFoundError,
     configure_tenant,
     create_tenant,
+    get_tenant,
 )
 
 
@@ -105,8 +106,16 @@ def cmd_tenant_configure(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_events_failed(settings: Settings, args: argparse.Namespace) -> None:
     from worker.events import list_failed
 
-    tenant_id = _tenant_id(args.tenant) if args.tenant else None
-    rows = list_failed(Database(settings.database_url), tenant_id=tenant_id)
+    db = Database(settings.database_url)
+    tenant_id = None
+    if args.tenant:
+        tenant_id = _tenant_id(args.tenant)
+        try:
+            with db.sessions() as session:
+                get_tenant(session, tenant_id=tenant_id)
+        except TenantNotFoundError as exc:
+            raise CommandError(str(exc)) from None
+    rows = list_failed(db, tenant_id=tenant_id)
     if args.json:
         print(json.dumps([row.to_json() for row in rows]))
         return

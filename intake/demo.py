@@ -97,8 +97,13 @@ def _post_samples(url: str, tenant_id: str) -> None:
     _say(f"Posting {len(samples)} signed webhooks:")
     with httpx.Client(base_url=url, timeout=10) as client:
         for number, sample in enumerate(samples, 1):
-            request = sign_request(sample["route"], _payload(sample, samples), base_url=url,
-                                   tenant_id=tenant_id, secrets=DEMO_SECRETS)
+            request = sign_request(
+                sample["route"],
+                _payload(sample, samples),
+                base_url=url,
+                tenant_id=tenant_id,
+                secrets=DEMO_SECRETS,
+            )
             response = client.post(request.path, content=request.body, headers=request.headers)
             _say(f"  {number:2}. {sample['route']:<14} {response.status_code}  {sample['note']}")
             if response.status_code >= 300:
@@ -139,8 +144,17 @@ def _report(url: str, api_key: str) -> None:
     _say(f"\nContacts made ({len(contacts)}), read back through GET /api/v1/contacts:\n")
     rows = [("name", "phone", "email", "source", "pref", "lang", "msgs")]
     for c in reversed(contacts):  # oldest first reads like the story above
-        rows.append((c["name"], c["phone"] or "", c["email"] or "", c["source"],
-                     c["channelPreference"] or "", c["language"], str(counts[c["id"]])))
+        rows.append(
+            (
+                c["name"],
+                c["phone"] or "",
+                c["email"] or "",
+                c["source"],
+                c["channelPreference"] or "",
+                c["language"],
+                str(counts[c["id"]]),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for index, row in enumerate(rows):
         _say("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -155,9 +169,11 @@ def _report(url: str, api_key: str) -> None:
             ignored[sample.labels["reason"]] += int(sample.value)
     duplicates = sum(int(s.value) for s in samples if s.name == "intake_messages_duplicate_total")
     messages = sum(counts.values())
-    _say(f"\n{messages} messages made {len(contacts)} contacts: "
-         f"{messages - len(contacts)} came from a sender already known by phone, email or "
-         "channel id, so they joined that contact.")
+    _say(
+        f"\n{messages} messages made {len(contacts)} contacts: "
+        f"{messages - len(contacts)} came from a sender already known by phone, email or "
+        "channel id, so they joined that contact."
+    )
     _say(f"Deduplicated: {duplicates} redelivered message(s), acknowledged and recorded once.")
     reasons = ", ".join(f"{reason} x{n}" for reason, n in sorted(ignored.items()))
     _say(f"Ignored, not from a person: {reasons or 'none'}.")

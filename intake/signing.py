@@ -50,28 +50,40 @@ def sign_request(
         signature = RequestValidator(secrets["twilio_auth_token"]).compute_signature(
             base_url + path, form
         )
-        headers = {"content-type": "application/x-www-form-urlencoded",
-                   "x-twilio-signature": signature}
+        headers = {
+            "content-type": "application/x-www-form-urlencoded",
+            "x-twilio-signature": signature,
+        }
         return SignedRequest(path, headers, urlencode(form).encode())
     if route == "whatsapp":
         body = json.dumps(payload).encode()
         digest = hmac.new(secrets["whatsapp_app_secret"].encode(), body, hashlib.sha256)
-        headers = {"content-type": "application/json",
-                   "x-hub-signature-256": "sha256=" + digest.hexdigest()}
+        headers = {
+            "content-type": "application/json",
+            "x-hub-signature-256": "sha256=" + digest.hexdigest(),
+        }
         return SignedRequest(path, headers, body)
     if route == "telegram":
-        headers = {"content-type": "application/json",
-                   "x-telegram-bot-api-secret-token": secrets["telegram_secret_token"]}
+        headers = {
+            "content-type": "application/json",
+            "x-telegram-bot-api-secret-token": secrets["telegram_secret_token"],
+        }
         return SignedRequest(path, headers, json.dumps(payload).encode())
     if route == "email/mailgun":
         timestamp, token = str(int(time.time())), token_source.token_hex(25)
-        form = {**payload, "timestamp": timestamp, "token": token,
-                "signature": mailgun.sign(secrets["mailgun_signing_key"], timestamp, token)}
+        form = {
+            **payload,
+            "timestamp": timestamp,
+            "token": token,
+            "signature": mailgun.sign(secrets["mailgun_signing_key"], timestamp, token),
+        }
         headers = {"content-type": "application/x-www-form-urlencoded"}
         return SignedRequest(path, headers, urlencode(form).encode())
     if route == "email/raw":
         body = payload.encode() if isinstance(payload, str) else bytes(payload)
-        headers = {"content-type": "message/rfc822",
-                   "x-intake-signature": email_raw.sign(body, secrets["email_webhook_secret"])}
+        headers = {
+            "content-type": "message/rfc822",
+            "x-intake-signature": email_raw.sign(body, secrets["email_webhook_secret"]),
+        }
         return SignedRequest(path, headers, body)
     raise ValueError(f"no such webhook route: {route}")

@@ -93,6 +93,9 @@ def test_tenant_configure_sets_secrets(db: Database) -> None:
         (("tenant", "configure", "not-a-uuid", "twilio_auth_token=x"), "not a tenant id"),
         (("tenant", "configure", str(uuid.uuid4()), "twilio_auth_token=x"), "no tenant"),
         (("events", "replay", "nope"), "not a message id"),
+        (("events", "replay", str(uuid.uuid4())), "no failed message"),
+        (("events", "failed", "--tenant", str(uuid.uuid4())), "no tenant"),
+        (("events", "failed", "--tenant", "x"), "not a tenant id"),
     ],
 )
 def test_bad_input_is_a_one_line_error(db: Database, args: tuple[str, ...], fragment: str) -> None:
@@ -111,6 +114,26 @@ def test_unknown_configure_key_is_refused(db: Database) -> None:
         tenant = session.get(Tenant, uuid.UUID(created["id"]))
         assert tenant is not None
         assert tenant.secrets == {}
+
+
+def test_invalid_setting_is_a_one_line_error(db: Database) -> None:
+    """A malformed INTAKE_* variable names itself instead of raising."""
+    env = {
+        **os.environ,
+        "INTAKE_DATABASE_URL": db.url,
+        "PYTHONPATH": str(ROOT),
+        "INTAKE_MAX_ATTEMPTS": "many",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "intake", "tenant", "create", "X"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_one_line_error(result, "INTAKE_MAX_ATTEMPTS")
 
 
 def test_unreachable_database_is_a_one_line_error() -> None:

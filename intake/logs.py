@@ -17,6 +17,7 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; whatever else a record carries came from `extra=` fields.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD.add("color_message")  # uvicorn's ANSI-coloured copy of the message
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

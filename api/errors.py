@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic.alias_generators import to_camel
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -147,6 +148,12 @@ def problem_for(exc: Exception) -> Problem | None:
             errors=[{"field": "Idempotency-Key", "message": "already used for another body"}],
             slug="idempotency-key-reused",
         )
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is down or unreachable: the client did nothing wrong and may retry.
+        return Problem(
+            503, "The database does not answer; retry shortly.", slug="unavailable",
+            headers={"Retry-After": "5"},
+        )
     return None
 
 
@@ -154,6 +161,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(ContactError, _on_domain_error)
     app.add_exception_handler(IdempotencyError, _on_domain_error)
+    app.add_exception_handler(OperationalError, _on_domain_error)
+    app.add_exception_handler(InterfaceError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(Exception, _on_unexpected)

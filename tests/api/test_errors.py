@@ -8,6 +8,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from api.app import create_app
+from intake.settings import Settings
 from models.db import Database
 from tests.api.conftest import CONTACTS
 from tests.factories import TenantFixture
@@ -143,3 +145,14 @@ def test_database_failure_in_a_route_is_500_problem(tenant: TenantFixture, db: D
         models.contacts.list_contacts = original
     assert response.status_code == 500
     assert response.json()["status"] == 500
+
+
+def test_database_down_is_a_503_not_a_500() -> None:
+    """An unreachable database is the server's trouble: 503 problem+json with Retry-After."""
+    app = create_app(Settings(database_url="postgresql+psycopg://postgres@127.0.0.1:9/nowhere"))
+    with TestClient(app, raise_server_exceptions=False) as down:
+        response = down.get("/api/v1/contacts", headers={"Authorization": "Bearer intk_x"})
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["status"] == 503

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api import contacts, health, metrics, webhooks
+from api import contacts, health, metrics, ratelimit, webhooks
 from api.errors import PROBLEM_JSON, install_error_handlers
 from intake.settings import Settings
 from models.db import Database
@@ -28,6 +28,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.db = db if db is not None else Database(settings.database_url)
     app.state.health_checks = list(health.DEFAULT_CHECKS)
     app.state.metrics = metrics.Metrics(app.state.db)
+    app.state.rate_limiter = ratelimit.make_rate_limiter(settings)
     app.state.tenant_secrets = webhooks.TenantSecrets(app.state.db)
     app.state.celery = make_celery(settings)
     app.state.dispatcher = Dispatcher(settings, app.state.celery)
@@ -39,14 +40,10 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _problem_json_openapi(
-                get_openapi(
-                    title=app.title,
-                    version=app.version,
-                    description=app.description,
-                    routes=app.routes,
-                )
-            )
+            app.openapi_schema = _rate_limited_openapi(_problem_json_openapi(
+                get_openapi(title=app.title, version=app.version,
+                            description=app.description, routes=app.routes)
+            ))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override hook
@@ -67,6 +64,23 @@ def _problem_json_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+    return schema
+
+
+# The routes that count against a tenant's rate limit: the Contacts API and the webhooks.
+RATE_LIMITED_PREFIXES = ("/api/", "/webhooks/")
+
+
+def _rate_limited_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Document the 429 that every rate-limited operation may answer, with its Retry-After."""
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith(RATE_LIMITED_PREFIXES):
+            continue
+        for operation in operations.values():
+            operation.setdefault("responses", {})["429"] = {
+                **ratelimit.RATE_LIMITED_RESPONSE,
+                "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            }
     return schema
 
 

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import Problem, ProblemError, unauthorized
+from api.ratelimit import enforce_api_limit
 from models.db import Database
 from models.schema import Tenant
 from models.tenants import tenant_for_api_key
@@ -36,6 +37,7 @@ SessionDep = Annotated[Session, Depends(_session, scope="function")]
 
 
 def _tenant(
+    request: Request,
     db: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Tenant:
@@ -46,6 +48,7 @@ def _tenant(
         tenant = tenant_for_api_key(session, api_key=credentials.credentials)
     if tenant is None:
         raise unauthorized("The API key is not valid.")
+    enforce_api_limit(request.app, tenant_id=tenant.id)
     return tenant
 
 

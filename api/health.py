@@ -26,9 +26,21 @@ def check_database(app: FastAPI) -> None:
         connection.execute(text("SELECT 1"))
 
 
+# A probe answers within seconds or the broker counts as down: an orchestrator's probe times out
+# long before kombu's own connection retries would give up.
+BROKER_TIMEOUT_SECONDS = 2.0
+
+
 def check_broker(app: FastAPI) -> None:
-    with app.state.celery.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1, timeout=2)
+    celery = app.state.celery
+    options: dict[str, float] = {}
+    if str(celery.conf.broker_url).startswith(("redis://", "rediss://")):
+        # redis-py waits forever by default, on the connect and on each reply; a host that
+        # drops packets or a server that accepts and never answers would hang the probe.
+        options = {"socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
+                   "socket_timeout": BROKER_TIMEOUT_SECONDS}
+    with celery.connection_for_write(transport_options=options) as connection:
+        connection.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT_SECONDS)
 
 
 DEFAULT_CHECKS: tuple[HealthCheck, ...] = (

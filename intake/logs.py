@@ -57,6 +57,9 @@ def configure_logging(*, json_lines: bool, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python's warnings (Celery's SecurityWarning, deprecations) would otherwise print raw
+    # multi-line text to stderr, breaking one-object-a-line for log shippers.
+    logging.captureWarnings(True)
     # Access logs would print full URLs and client addresses for every webhook; our own
     # events say what happened, with the request id.
     logging.getLogger("uvicorn.access").disabled = True

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     lock_wait_seconds: float = Field(default=10.0, gt=0)
     batch_size: int = Field(default=200, ge=1)
 
+    # Requests a minute per tenant, counted in Redis when redis_url is set; 0 turns one off.
+    rate_limit_api_per_minute: int = Field(default=600, ge=0)
+    rate_limit_webhooks_per_minute: int = Field(default=6000, ge=0)
+
     log_json: bool = False
 
     @field_validator("public_url")

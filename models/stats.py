@@ -35,14 +35,12 @@ def pipeline_stats(session: Session, *, now: datetime | None = None) -> Pipeline
             )
         )
     }
-    contacts = dict(
+    contacts: dict[str, int] = dict(
         session.execute(
             select(Contact.source, func.count())
             .where(Contact.source.in_(INBOUND_SOURCES))
             .group_by(Contact.source)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     oldest = session.scalar(
         select(Message.accepted_at)

@@ -387,7 +387,8 @@ def select_pending(session: Session, *, tenant_id: uuid.UUID, limit: int,
                    exclude: Iterable[uuid.UUID] = ()) -> list[Row[Any]]:
     """The tenant's oldest pending rows, locked; rows another drain holds are skipped."""
     stmt = (
-        select(MESSAGES.c.id, MESSAGES.c.payload, MESSAGES.c.attempts)
+        select(MESSAGES.c.id, MESSAGES.c.payload, MESSAGES.c.attempts, MESSAGES.c.channel,
+               MESSAGES.c.request_id)
         .where(MESSAGES.c.tenant_id == tenant_id, MESSAGES.c.state == "pending")
         .order_by(MESSAGES.c.accepted_at, MESSAGES.c.id)
         .limit(limit)
@@ -455,6 +456,7 @@ def _record_errors(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row
     if not outcome.errors:
         return
     attempts = {row.id: row.attempts for row in rows}
+    request_ids = {row.id: row.request_id for row in rows}
     params = []
     for message_id, error in outcome.errors.items():
         used = attempts[message_id] + 1
@@ -464,7 +466,8 @@ def _record_errors(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row
         params.append({"b_id": message_id, "b_error": error,
                        "b_state": "failed" if used >= max_attempts else "pending"})
         log.warning("ingest.message_error tenant=%s message=%s attempt=%d error=%s",
-                    tenant_id, message_id, used, error)
+                    tenant_id, message_id, used, error,
+                    extra={"request_id": request_ids[message_id]})
     session.execute(
         update(MESSAGES)
         .where(MESSAGES.c.id == bindparam("b_id"), MESSAGES.c.tenant_id == tenant_id)
@@ -472,6 +475,16 @@ def _record_errors(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row
                 state=bindparam("b_state")),
         params,
     )
+
+
+def _log_handled(tenant_id: uuid.UUID, rows: Sequence[Row[Any]], outcome: BatchOutcome) -> None:
+    """One line a message, after its batch committed, carrying the request id of the webhook
+    that delivered it: an operator follows one message from the provider's call to its contact.
+    """
+    for row in rows:
+        if row.id not in outcome.errors:
+            log.info("ingest.message_handled tenant=%s message=%s channel=%s", tenant_id,
+                     row.id, row.channel, extra={"request_id": row.request_id})
 
 
 @dataclass
@@ -503,6 +516,7 @@ def drain_tenant(db: Database, locks: TenantLocks, *, tenant_id: uuid.UUID, batc
                     break
                 outcome = ingest_batch(session, tenant_id=tenant_id, rows=rows,
                                        max_attempts=max_attempts)
+            _log_handled(tenant_id, rows, outcome)
             result.handled += outcome.handled
             result.contacts_created += outcome.contacts_created
             result.failed += len(outcome.failed)

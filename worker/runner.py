@@ -8,6 +8,7 @@ import socket
 import threading
 from typing import Any
 
+from intake.logs import configure_logging
 from intake.settings import Settings
 from worker.celery_app import QUEUE, make_celery
 from worker.reconciler import ReconcileTimer
@@ -28,7 +29,9 @@ def run_worker(settings: Settings, *, concurrency: int) -> None:
     """
     if concurrency < 1:
         raise ValueError("--concurrency takes a whole number of 1 or more")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Our handler on the root logger, before Celery starts: with worker_hijack_root_logger off,
+    # Celery's own lines go through it too, so `--log-json` covers every line of the worker.
+    configure_logging(json_lines=settings.log_json)
     app = make_celery(settings)
     timer = ReconcileTimer(settings, app)
     timer.start()

@@ -107,7 +107,7 @@ def test_schema_documents_problem_json_and_no_422_validation(client: TestClient)
                         code,
                     )
     create = document["paths"]["/api/v1/contacts"]["post"]
-    assert set(create["responses"]) == {"201", "400", "401", "409", "422"}
+    assert set(create["responses"]) == {"201", "400", "401", "409", "422", "429"}
     assert "422" not in document["paths"]["/api/v1/contacts"]["get"]["responses"]
 
 

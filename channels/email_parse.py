@@ -18,7 +18,8 @@ from email.errors import HeaderParseError
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 
-from channels.base import Media
+from channels.base import InboundMessage, Media
+from channels.text import storable
 
 Headers = Sequence[tuple[str, str]]
 
@@ -214,3 +215,31 @@ def text_of_html(html: str) -> str:
     parser.close()
     lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
     return "\n".join(line for line in lines if line)
+
+
+def inbound_email(
+    *,
+    mailbox: Mailbox,
+    subject: str | None,
+    body: str | None,
+    message_id: str | None,
+    date: str | None,
+    media: Sequence[Media],
+    now: datetime,
+) -> InboundMessage:
+    """The one InboundMessage shape of an email, however it arrived (Mailgun or raw)."""
+    text = message_text(subject, body)
+    provider_id = clean_message_id(message_id) or fallback_message_id(
+        sender=mailbox.address, date=date, subject=subject, text=text
+    )
+    return storable(
+        InboundMessage(
+            channel="email",
+            provider_message_id=provider_id,
+            received_at=received_at(date, now),
+            email=mailbox.address,
+            display_name=mailbox.display_name,
+            text=text,
+            media=tuple(media),
+        )
+    )

@@ -21,7 +21,6 @@ from email.parser import BytesParser
 
 from channels import email_parse
 from channels.base import (
-    InboundMessage,
     InvalidSignatureError,
     MalformedRequestError,
     Media,
@@ -29,7 +28,6 @@ from channels.base import (
     RawRequest,
     require_secret,
 )
-from channels.text import storable
 
 SECRET_NAME = "email_webhook_secret"  # noqa: S105  # the setting's name, not a secret
 SIGNATURE_HEADER = "x-intake-signature"
@@ -88,24 +86,16 @@ def parse_message(body: bytes, now: datetime) -> Parsed:
     mailbox = email_parse.parse_mailbox(sender)
     if mailbox is None:
         raise MalformedRequestError("the message has no usable From address")
-    subject = email_parse.decoded_header("subject", email_parse.first_header(headers, "subject"))
-    text = email_parse.message_text(subject, _body_text(message))
-    date = email_parse.first_header(headers, "date")
-    message_id = email_parse.clean_message_id(email_parse.first_header(headers, "message-id"))
-    if message_id is None:
-        message_id = email_parse.fallback_message_id(
-            sender=mailbox.address, date=date, subject=subject, text=text
-        )
-    inbound = InboundMessage(
-        channel="email",
-        provider_message_id=message_id,
-        received_at=email_parse.received_at(date, now),
-        email=mailbox.address,
-        display_name=mailbox.display_name,
-        text=text,
+    inbound = email_parse.inbound_email(
+        mailbox=mailbox,
+        subject=email_parse.decoded_header("subject", email_parse.first_header(headers, "subject")),
+        body=_body_text(message),
+        message_id=email_parse.first_header(headers, "message-id"),
+        date=email_parse.first_header(headers, "date"),
         media=_attachments(message),
+        now=now,
     )
-    return Parsed(messages=(storable(inbound),))
+    return Parsed(messages=(inbound,))
 
 
 def _unfold(value: str) -> str:

@@ -30,7 +30,6 @@ from urllib.parse import parse_qsl
 
 from channels import email_parse
 from channels.base import (
-    InboundMessage,
     InvalidSignatureError,
     MalformedRequestError,
     Media,
@@ -39,7 +38,6 @@ from channels.base import (
     ReplayedRequestError,
     require_secret,
 )
-from channels.text import storable
 
 SECRET_NAME = "mailgun_signing_key"  # noqa: S105  # the setting's name, not a secret
 MAX_AGE = timedelta(minutes=15)
@@ -239,25 +237,16 @@ def _parse_message(form: Form, now: datetime, *, nonce: str) -> Parsed:
     body = form.get("stripped-text")
     if not body or not body.strip():
         body = form.get("body-plain")
-    text = email_parse.message_text(subject, body)
-    date = email_parse.first_header(headers, "date")
-    message_id = email_parse.clean_message_id(
-        form.get("Message-Id") or email_parse.first_header(headers, "message-id")
-    )
-    if message_id is None:
-        message_id = email_parse.fallback_message_id(
-            sender=mailbox.address, date=date, subject=subject, text=text
-        )
-    inbound = InboundMessage(
-        channel="email",
-        provider_message_id=message_id,
-        received_at=email_parse.received_at(date, now),
-        email=mailbox.address,
-        display_name=mailbox.display_name,
-        text=text,
+    inbound = email_parse.inbound_email(
+        mailbox=mailbox,
+        subject=subject,
+        body=body,
+        message_id=form.get("Message-Id") or email_parse.first_header(headers, "message-id"),
+        date=email_parse.first_header(headers, "date"),
         media=(*form.files, *_stored_attachments(form)),
+        now=now,
     )
-    return Parsed(messages=(storable(inbound),), nonce=nonce)
+    return Parsed(messages=(inbound,), nonce=nonce)
 
 
 ADAPTER = MailgunAdapter()

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import Problem
@@ -114,6 +115,11 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             secrets = await run_in_threadpool(app.state.tenant_secrets.get, tenant)
         except TenantNotFoundError:
             raise WebhookRefusedError(404, "unknown_tenant", "no such tenant") from None
+        except SQLAlchemyError as exc:
+            # The database is down: the provider must retry later, so 503 and never a 500.
+            raise WebhookRefusedError(
+                503, "unavailable", f"the tenant store is unavailable ({type(exc).__name__})"
+            ) from None
         raw = RawRequest(
             method=request.method,
             url=public_url(request, settings),

@@ -341,8 +341,7 @@ def test_body_over_the_limit_is_413_however_it_is_sent(
     client: TestClient, db: Database, tenant: TenantFixture, caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
-    """Over 1 MiB (email 25 MiB): 413 when Content-Length says so, and when a chunked body or
-    an understated Content-Length hides it; at the limit, the request is judged on its merits."""
+    """Over 1 MiB (email 25 MiB) is 413 whether declared, chunked or understated; at it, not."""
     limit, path = LIMIT[route], f"/webhooks/{tenant.id}/{route}"
     channel = CHANNEL_LABEL[route]
     declared = assert_refused(
@@ -444,8 +443,8 @@ def test_twilio_forwarded_url_counts_only_behind_a_trusted_proxy(
     db: Database, settings: Settings, tenant: TenantFixture, caplog: pytest.LogCaptureFixture,
     trust_proxy: bool,
 ) -> None:
-    """X-Forwarded-Proto/Host make the signed URL with INTAKE_TRUST_PROXY=1, and are ignored
-    with 0 (else anyone could pick the URL a signature is checked against)."""
+    """X-Forwarded-Proto/Host form the signed URL with INTAKE_TRUST_PROXY=1, and not with 0."""
+    # Untrusted, the headers would let anyone choose the URL a signature is checked against.
     client = _twilio_app(db, settings, trust_proxy=trust_proxy)
     request = signed("twilio", twilio_sms(phone="+14155550198"), tenant_id=tenant.id,
                      base_url="https://hooks.example.org")
@@ -475,8 +474,7 @@ def test_unwritable_database_is_503_and_the_retry_is_accepted(
     db: Database, settings: Settings, tenant: TenantFixture, caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
-    """When the message cannot be committed the answer is 503 `unavailable` (never 2xx, never
-    500) and nothing is kept, so the provider's retry of the very same request then succeeds."""
+    """An uncommittable message is 503 `unavailable`, nothing kept; the same retry then works."""
     read_only = _read_only(db)
     try:
         client = TestClient(create_app(settings, db=read_only), raise_server_exceptions=False)

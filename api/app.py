@@ -40,10 +40,16 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _rate_limited_openapi(_problem_json_openapi(
-                get_openapi(title=app.title, version=app.version,
-                            description=app.description, routes=app.routes)
-            ))
+            app.openapi_schema = _rate_limited_openapi(
+                _problem_json_openapi(
+                    get_openapi(
+                        title=app.title,
+                        version=app.version,
+                        description=app.description,
+                        routes=app.routes,
+                    )
+                )
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override hook

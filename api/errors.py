@@ -151,7 +151,9 @@ def problem_for(exc: Exception) -> Problem | None:
     if isinstance(exc, OperationalError | InterfaceError):
         # The database is down or unreachable: the client did nothing wrong and may retry.
         return Problem(
-            503, "The database does not answer; retry shortly.", slug="unavailable",
+            503,
+            "The database does not answer; retry shortly.",
+            slug="unavailable",
             headers={"Retry-After": "5"},
         )
     return None

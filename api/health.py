@@ -37,8 +37,10 @@ def check_broker(app: FastAPI) -> None:
     if str(celery.conf.broker_url).startswith(("redis://", "rediss://")):
         # redis-py waits forever by default, on the connect and on each reply; a host that
         # drops packets or a server that accepts and never answers would hang the probe.
-        options = {"socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
-                   "socket_timeout": BROKER_TIMEOUT_SECONDS}
+        options = {
+            "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
+            "socket_timeout": BROKER_TIMEOUT_SECONDS,
+        }
     with celery.connection_for_write(transport_options=options) as connection:
         connection.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT_SECONDS)
 

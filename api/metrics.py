@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.db import Database
 from models.stats import pipeline_stats
@@ -23,8 +24,15 @@ class _PipelineCollector(Collector):
         self.db = db
 
     def collect(self) -> Iterator[Metric]:
-        with self.db.sessions() as session:
-            stats = pipeline_stats(session)
+        try:
+            with self.db.sessions() as session:
+                stats = pipeline_stats(session)
+        except SQLAlchemyError:
+            # A scrape while the database is down still serves this process's own counters,
+            # and says why the pipeline figures are missing.
+            yield GaugeMetricFamily("intake_database_up", "The database answered", value=0)
+            return
+        yield GaugeMetricFamily("intake_database_up", "The database answered", value=1)
         messages = GaugeMetricFamily(
             "intake_messages", "Inbound messages by channel and state", labels=["channel", "state"]
         )
@@ -77,12 +85,16 @@ class Metrics:
             registry=self.registry,
         )
         self.webhooks_ignored = Counter(
-            "intake_webhooks_ignored", "Verified requests that carried no message from a person",
-            ["channel", "reason"], registry=self.registry,
+            "intake_webhooks_ignored",
+            "Verified requests that carried no message from a person",
+            ["channel", "reason"],
+            registry=self.registry,
         )
         self.messages_duplicate = Counter(
-            "intake_messages_duplicate", "Redelivered messages acknowledged without a second copy",
-            ["channel"], registry=self.registry,
+            "intake_messages_duplicate",
+            "Redelivered messages acknowledged without a second copy",
+            ["channel"],
+            registry=self.registry,
         )
         self.messages_accepted = Counter(
             "intake_messages_accepted",

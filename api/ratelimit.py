@@ -68,8 +68,9 @@ def _retry_after(seconds_left: float) -> int:
 class LocalRateLimiter:
     """Counts in this process: right for one app process (the embedded defaults)."""
 
-    def __init__(self, *, window_seconds: float = WINDOW_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, window_seconds: float = WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.window_seconds = window_seconds
         self._clock = clock
         self._lock = threading.Lock()
@@ -98,8 +99,13 @@ class RedisRateLimiter:
 
     prefix = "intake:ratelimit:"
 
-    def __init__(self, client: redis.Redis, *, window_seconds: float = WINDOW_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        window_seconds: float = WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.window_ms = max(1, int(window_seconds * 1000))
         self._script: Any = client.register_script(_FIXED_WINDOW)
@@ -113,8 +119,11 @@ class RedisRateLimiter:
             count, ttl_ms = self._script(keys=[self.prefix + key], args=[self.window_ms])
         except redis.RedisError as exc:
             self._paused_until = self._clock() + REDIS_PAUSE_SECONDS
-            log.warning("ratelimit.unavailable error=%s action=allowing for %.0f s",
-                        type(exc).__name__, REDIS_PAUSE_SECONDS)
+            log.warning(
+                "ratelimit.unavailable error=%s action=allowing for %.0f s",
+                type(exc).__name__,
+                REDIS_PAUSE_SECONDS,
+            )
             return Decision(True)
         if int(count) > limit:
             return Decision(False, _retry_after(int(ttl_ms) / 1000))
@@ -124,9 +133,11 @@ class RedisRateLimiter:
 def make_rate_limiter(settings: Settings) -> RateLimiter:
     """Redis-backed when `settings.redis_url` is set, in-process otherwise."""
     if settings.redis_url:
-        client = redis.Redis.from_url(settings.redis_url,
-                                      socket_timeout=REDIS_TIMEOUT_SECONDS,
-                                      socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        )
         return RedisRateLimiter(client)
     return LocalRateLimiter()
 
@@ -158,8 +169,9 @@ def enforce_api_limit(app: FastAPI, *, tenant_id: uuid.UUID) -> None:
         raise ProblemError(_problem("API", limit, decision))
 
 
-async def webhook_limit_response(request: Request, *, tenant_id: uuid.UUID,
-                                 channel: str) -> Response | None:
+async def webhook_limit_response(
+    request: Request, *, tenant_id: uuid.UUID, channel: str
+) -> Response | None:
     """Count one verified webhook of the tenant: None when allowed, else the 429 to answer.
 
     Called after the signature is verified, so forged requests cannot spend a tenant's
@@ -172,9 +184,15 @@ async def webhook_limit_response(request: Request, *, tenant_id: uuid.UUID,
         return None
     metrics: Metrics = request.app.state.metrics
     metrics.webhooks_rejected.labels(channel, "rate_limited").inc()
-    webhook_log.warning("webhook.rejected", extra={
-        "channel": channel, "tenant_id": str(tenant_id), "status": 429, "reason": "rate_limited",
-    })
+    webhook_log.warning(
+        "webhook.rejected",
+        extra={
+            "channel": channel,
+            "tenant_id": str(tenant_id),
+            "status": 429,
+            "reason": "rate_limited",
+        },
+    )
     return _problem("webhook", limit, decision).response()
 
 

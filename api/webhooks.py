@@ -164,9 +164,15 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             nonce = (adapter.route, parsed.nonce) if parsed.nonce else None
             try:
                 result = await to_thread.run_sync(
-                    functools.partial(accept, app.state.db, app.state.dispatcher,
-                                      tenant_id=tenant, messages=parsed.messages, nonce=nonce,
-                                      request_id=request_id),
+                    functools.partial(
+                        accept,
+                        app.state.db,
+                        app.state.dispatcher,
+                        tenant_id=tenant,
+                        messages=parsed.messages,
+                        nonce=nonce,
+                        request_id=request_id,
+                    ),
                     limiter=_accept_limiter(app),
                 )
             except NonceReplayedError:
@@ -179,16 +185,25 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             metrics.webhooks_ignored.labels(channel, reason).inc()
         log.info(
             "webhook.accepted",
-            extra={"channel": channel, "tenant_id": str(tenant),
-                   "messages": len(parsed.messages), "ignored": list(parsed.ignored)},
+            extra={
+                "channel": channel,
+                "tenant_id": str(tenant),
+                "messages": len(parsed.messages),
+                "ignored": list(parsed.ignored),
+            },
         )
         return _answer(adapter, parsed)
     except WebhookRefusedError as exc:
         metrics.webhooks_rejected.labels(channel, exc.reason).inc()
         log.warning(
             "webhook.rejected",
-            extra={"channel": channel, "tenant_id": tenant_id, "status": exc.status,
-                   "reason": exc.reason, "detail": exc.detail},
+            extra={
+                "channel": channel,
+                "tenant_id": tenant_id,
+                "status": exc.status,
+                "reason": exc.reason,
+                "detail": exc.detail,
+            },
         )
         return _refusal(exc.status, exc.detail)
     finally:

@@ -48,9 +48,13 @@ NOOP_COUNTER = "bench:noop:done"
 
 def message(tenant_n: int, sender_n: int, k: int) -> InboundMessage:
     phone = f"+1415{tenant_n % 1000:03d}{sender_n:04d}"
-    return InboundMessage(channel="sms", provider_message_id=f"SM{uuid.uuid4().hex}",
-                          received_at=datetime.now(UTC), phone=phone,
-                          text=f"message {k} about the flat")
+    return InboundMessage(
+        channel="sms",
+        provider_message_id=f"SM{uuid.uuid4().hex}",
+        received_at=datetime.now(UTC),
+        phone=phone,
+        text=f"message {k} about the flat",
+    )
 
 
 def make_tenants(db: Database, count: int) -> list[uuid.UUID]:
@@ -58,24 +62,31 @@ def make_tenants(db: Database, count: int) -> list[uuid.UUID]:
         return [create_tenant(session, name=f"bench-{n}").tenant.id for n in range(count)]
 
 
-def accept_all(db: Database, settings: Settings, plan: list[tuple[uuid.UUID, list[InboundMessage]]]
-               ) -> float:
+def accept_all(
+    db: Database, settings: Settings, plan: list[tuple[uuid.UUID, list[InboundMessage]]]
+) -> float:
     dispatcher = Dispatcher(settings, make_celery(settings))
     started = time.perf_counter()
     for tenant_id, messages in plan:
         for start in range(0, len(messages), 20):
-            accept(db, dispatcher, tenant_id=tenant_id, messages=messages[start:start + 20])
+            accept(db, dispatcher, tenant_id=tenant_id, messages=messages[start : start + 20])
     return time.perf_counter() - started
 
 
-def start_workers(env: dict[str, str], logdir: Path, args: list[str]
-                  ) -> list[tuple[subprocess.Popen[bytes], Path]]:
+def start_workers(
+    env: dict[str, str], logdir: Path, args: list[str]
+) -> list[tuple[subprocess.Popen[bytes], Path]]:
     procs = []
     for n in range(2):
         log = logdir / f"worker-{n}-{time.monotonic_ns()}.log"
-        proc = subprocess.Popen([sys.executable, *args], env=env, cwd=REPO,
-                                stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            env=env,
+            cwd=REPO,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append((proc, log))
     return procs
 
@@ -84,8 +95,10 @@ def wait_ready(procs: list[tuple[subprocess.Popen[bytes], Path]], timeout: float
     deadline = time.monotonic() + timeout
     while not all(b" ready." in log.read_bytes() for _, log in procs):
         if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
-            raise SystemExit("bench: a worker did not become ready:\n" + "\n".join(
-                log.read_text(errors="replace")[-2000:] for _, log in procs))
+            raise SystemExit(
+                "bench: a worker did not become ready:\n"
+                + "\n".join(log.read_text(errors="replace")[-2000:] for _, log in procs)
+            )
         time.sleep(0.01)
 
 
@@ -111,9 +124,15 @@ def pending_count(dsn: str) -> int:
         return int(row[0]) if row else 0
 
 
-def run_scenario(name: str, db: Database, settings: Settings, env: dict[str, str], dsn: str,
-                 plan: list[tuple[uuid.UUID, list[InboundMessage]]], logdir: Path
-                 ) -> tuple[float, float]:
+def run_scenario(
+    name: str,
+    db: Database,
+    settings: Settings,
+    env: dict[str, str],
+    dsn: str,
+    plan: list[tuple[uuid.UUID, list[InboundMessage]]],
+    logdir: Path,
+) -> tuple[float, float]:
     accept_seconds = accept_all(db, settings, plan)
     total = sum(len(m) for _, m in plan)
     procs = start_workers(env, logdir, ["-m", "intake", "worker", "--concurrency", "1"])
@@ -127,8 +146,10 @@ def run_scenario(name: str, db: Database, settings: Settings, env: dict[str, str
     finally:
         stop(procs)
     rate = total / elapsed
-    print(f"{name}: accepted {total} in {accept_seconds:.1f}s ({total / accept_seconds:,.0f}/s); "
-          f"ingested in {elapsed:.2f}s = {rate:,.0f} messages/s; worker peak RSS {rss:.0f} MiB")
+    print(
+        f"{name}: accepted {total} in {accept_seconds:.1f}s ({total / accept_seconds:,.0f}/s); "
+        f"ingested in {elapsed:.2f}s = {rate:,.0f} messages/s; worker peak RSS {rss:.0f} MiB"
+    )
     return rate, rss
 
 
@@ -149,8 +170,9 @@ def _upserts(dsn: str, tenant_ids: list[str], part: int, parts: int) -> None:
 
 def reference_upserts(db: Database, dsn: str) -> float:
     tenant_ids = [str(t) for t in make_tenants(db, 1000)]
-    workers = [multiprocessing.Process(target=_upserts, args=(dsn, tenant_ids, p, 2))
-               for p in range(2)]
+    workers = [
+        multiprocessing.Process(target=_upserts, args=(dsn, tenant_ids, p, 2)) for p in range(2)
+    ]
     started = time.perf_counter()
     for proc in workers:
         proc.start()
@@ -206,8 +228,9 @@ def noop_worker() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--noop-worker", action="store_true", help=argparse.SUPPRESS)
@@ -220,37 +243,55 @@ def main() -> None:
     with psycopg.connect(args.pg_dsn + " dbname=postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     params = psycopg.conninfo.conninfo_to_dict(args.pg_dsn)
-    url = (f"postgresql+psycopg://{params.get('user', 'postgres')}@"
-           f"{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{name}")
+    url = (
+        f"postgresql+psycopg://{params.get('user', 'postgres')}@"
+        f"{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{name}"
+    )
     dsn = f"{args.pg_dsn} dbname={name}"
     redis.Redis.from_url(args.redis).flushdb()
     try:
         upgrade(url)
         db = Database(url)
-        settings = Settings(database_url=url, broker_url=args.redis, redis_url=args.redis,
-                            reconcile_after_seconds=600)
+        settings = Settings(
+            database_url=url,
+            broker_url=args.redis,
+            redis_url=args.redis,
+            reconcile_after_seconds=600,
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_")}
-        env.update(PYTHONPATH=str(REPO), INTAKE_DATABASE_URL=url, INTAKE_BROKER_URL=args.redis,
-                   INTAKE_REDIS_URL=args.redis, INTAKE_RECONCILE_AFTER_SECONDS="600")
+        env.update(
+            PYTHONPATH=str(REPO),
+            INTAKE_DATABASE_URL=url,
+            INTAKE_BROKER_URL=args.redis,
+            INTAKE_REDIS_URL=args.redis,
+            INTAKE_RECONCILE_AFTER_SECONDS="600",
+        )
         logdir = Path(tempfile.mkdtemp(prefix="intake-bench-"))
         print(f"PostgreSQL database {name}, Redis {args.redis}, {os.cpu_count()} CPUs")
 
         tenants = make_tenants(db, 1000)
-        plan_a = [(t, [message(n, s, k) for s in range(10) for k in range(2)])
-                  for n, t in enumerate(tenants)]
-        rate_a, rss_a = run_scenario("(a) 1,000 tenants x 20", db, settings, env, dsn, plan_a,
-                                     logdir)
+        plan_a = [
+            (t, [message(n, s, k) for s in range(10) for k in range(2)])
+            for n, t in enumerate(tenants)
+        ]
+        rate_a, rss_a = run_scenario(
+            "(a) 1,000 tenants x 20", db, settings, env, dsn, plan_a, logdir
+        )
         [one] = make_tenants(db, 1)
-        plan_b = [(one, [message(s // 10_000, s % 10_000, k) for s in range(10_000)
-                         for k in range(2)])]
-        rate_b, rss_b = run_scenario("(b) 1 tenant x 20,000", db, settings, env, dsn, plan_b,
-                                     logdir)
+        plan_b = [
+            (one, [message(s // 10_000, s % 10_000, k) for s in range(10_000) for k in range(2)])
+        ]
+        rate_b, rss_b = run_scenario(
+            "(b) 1 tenant x 20,000", db, settings, env, dsn, plan_b, logdir
+        )
         upserts = reference_upserts(db, dsn)
         noop = reference_noop(settings, env, logdir)
         print()
         for label, rate in (("(a)", rate_a), ("(b)", rate_b)):
-            print(f"{label} {rate:,.0f}/s = {rate / upserts:.2f} x single-row upserts, "
-                  f"{rate / noop:.2f} x no-op Celery tasks")
+            print(
+                f"{label} {rate:,.0f}/s = {rate / upserts:.2f} x single-row upserts, "
+                f"{rate / noop:.2f} x no-op Celery tasks"
+            )
         print(f"worker peak RSS: {max(rss_a, rss_b):.0f} MiB")
         db.dispose()
     finally:

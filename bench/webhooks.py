@@ -153,10 +153,17 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], log: Path, url: str
-            ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+def process(
+    args: list[str], env: dict[str, str], log: Path, url: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until_up(url, proc, log)
         yield proc
@@ -171,8 +178,7 @@ def process(args: list[str], env: dict[str, str], log: Path, url: str
 
 
 def raw_request(path: str, headers: dict[str, str], body: bytes, port: int) -> bytes:
-    head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}",
-            f"Content-Length: {len(body)}"]
+    head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}"]
     head += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
@@ -204,19 +210,44 @@ def route_requests(route: str, tenant_id: uuid.UUID, port: int, count: int) -> I
 
 
 def bare_requests(port: int, count: int, body: bytes) -> Iterator[bytes]:
-    request = raw_request(BARE_PATH, {"content-type": "application/x-www-form-urlencoded"},
-                          body, port)
+    request = raw_request(
+        BARE_PATH, {"content-type": "application/x-www-form-urlencoded"}, body, port
+    )
     for _ in range(count):
         yield request
 
 
-def run_wrk(url: str, pool: Path, script: Path, *, seconds: float, connections: int,
-            delay_ms: float = 0.0, reuse: bool = False) -> dict[str, Any]:
+def run_wrk(
+    url: str,
+    pool: Path,
+    script: Path,
+    *,
+    seconds: float,
+    connections: int,
+    delay_ms: float = 0.0,
+    reuse: bool = False,
+) -> dict[str, Any]:
     env = {**os.environ, "WRK_DELAY_MS": f"{delay_ms:.3f}"}
     result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "5s",
-         "-s", str(script), url, "--", str(pool), f"{delay_ms:.3f}"],
-        capture_output=True, text=True, env=env, timeout=seconds + 60, check=False,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{round(seconds)}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            url,
+            "--",
+            str(pool),
+            f"{delay_ms:.3f}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=seconds + 60,
+        check=False,
     )
     if result.returncode != 0:
         raise SystemExit(f"wrk failed: {result.stdout}{result.stderr}")
@@ -227,10 +258,14 @@ def run_wrk(url: str, pool: Path, script: Path, *, seconds: float, connections: 
 
 
 def as_pass(label: str, figures: dict[str, Any]) -> Pass:
-    return Pass(label=label, rate=figures["requests"] / (figures["duration_us"] / 1e6),
-                p50_ms=figures["p50_us"] / 1000, p99_ms=figures["p99_us"] / 1000,
-                requests=figures["requests"],
-                errors=figures["status_errors"] + figures["socket_errors"])
+    return Pass(
+        label=label,
+        rate=figures["requests"] / (figures["duration_us"] / 1e6),
+        p50_ms=figures["p50_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        requests=figures["requests"],
+        errors=figures["status_errors"] + figures["socket_errors"],
+    )
 
 
 def count_rows(db: Database, tenant_id: uuid.UUID) -> int:
@@ -239,8 +274,12 @@ def count_rows(db: Database, tenant_id: uuid.UUID) -> int:
     from models.schema import Message
 
     with db.sessions() as session:
-        return session.scalar(select(func.count()).select_from(Message)
-                              .where(Message.tenant_id == tenant_id)) or 0
+        return (
+            session.scalar(
+                select(func.count()).select_from(Message).where(Message.tenant_id == tenant_id)
+            )
+            or 0
+        )
 
 
 def new_tenant(db: Database) -> uuid.UUID:
@@ -250,21 +289,33 @@ def new_tenant(db: Database) -> uuid.UUID:
         return tenant.id
 
 
-def measure_route(route: str, db: Database, url: str, port: int, work: Path, script: Path,
-                  args: argparse.Namespace, bare: Pass, pid: int) -> tuple[Pass, Pass, str]:
+def measure_route(
+    route: str,
+    db: Database,
+    url: str,
+    port: int,
+    work: Path,
+    script: Path,
+    args: argparse.Namespace,
+    bare: Pass,
+    pid: int,
+) -> tuple[Pass, Pass, str]:
     slug = route.replace("/", "_")
     tenant = new_tenant(db)
     preflight(route, tenant, url)
     pool = work / f"{slug}-max.pool"
     write_pool(pool, route_requests(route, tenant, port, int(RATE_CEILING * args.seconds)))
     started = cpu_seconds(pid)
-    top = as_pass(route, run_wrk(url, pool, script, seconds=args.seconds,
-                                 connections=args.connections))
+    top = as_pass(
+        route, run_wrk(url, pool, script, seconds=args.seconds, connections=args.connections)
+    )
     top.cpu_ms = (cpu_seconds(pid) - started) * 1000 / max(1, top.requests)
     top.stored = count_rows(db, tenant) - 1  # less the preflight's
-    print(f"  {route} max: {top.rate:.0f} req/s, p50 {top.p50_ms:.2f} ms, p99 {top.p99_ms:.2f} ms,"
-          f" {top.errors} errors, {top.stored} rows, server CPU {top.cpu_ms:.2f} ms/request",
-          flush=True)
+    print(
+        f"  {route} max: {top.rate:.0f} req/s, p50 {top.p50_ms:.2f} ms, p99 {top.p99_ms:.2f} ms,"
+        f" {top.errors} errors, {top.stored} rows, server CPU {top.cpu_ms:.2f} ms/request",
+        flush=True,
+    )
 
     basis = "half the bare rate"
     target = bare.rate / 2
@@ -277,16 +328,24 @@ def measure_route(route: str, db: Database, url: str, port: int, work: Path, scr
     pool = work / f"{slug}-calibrate.pool"
     write_pool(pool, route_requests(route, tenant, port, int(target * 2) * 3 + 100))
     guess = paced_connections * 1000.0 / target
-    calibration = as_pass(route, run_wrk(url, pool, script, seconds=2,
-                                         connections=paced_connections, delay_ms=guess))
+    calibration = as_pass(
+        route, run_wrk(url, pool, script, seconds=2, connections=paced_connections, delay_ms=guess)
+    )
     latency_ms = max(0.0, paced_connections * 1000.0 / calibration.rate - guess)
     tenant = new_tenant(db)
     pool = work / f"{slug}-paced.pool"
     write_pool(pool, route_requests(route, tenant, port, int(target * 2 * args.seconds) + 100))
-    paced = as_pass(route, run_wrk(
-        url, pool, script, seconds=args.seconds, connections=paced_connections,
-        delay_ms=max(0.0, guess - latency_ms),
-    ))
+    paced = as_pass(
+        route,
+        run_wrk(
+            url,
+            pool,
+            script,
+            seconds=args.seconds,
+            connections=paced_connections,
+            delay_ms=max(0.0, guess - latency_ms),
+        ),
+    )
     paced.stored = count_rows(db, tenant)
     return top, paced, f"{basis}: {target:.0f}/s"
 
@@ -298,8 +357,10 @@ def throwaway_database(pg_dsn: str) -> Iterator[str]:
     with psycopg.connect(pg_dsn + " dbname=postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield (f"postgresql+psycopg://{params.get('user', 'postgres')}@"
-               f"{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{name}")
+        yield (
+            f"postgresql+psycopg://{params.get('user', 'postgres')}@"
+            f"{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{name}"
+        )
     finally:
         with psycopg.connect(pg_dsn + " dbname=postgres", autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -307,29 +368,40 @@ def throwaway_database(pg_dsn: str) -> Iterator[str]:
 
 def report(bare: Pass, results: list[tuple[Pass, Pass, str]]) -> bool:
     print(f"\nload average before the run: {LOAD_BEFORE}; {os.cpu_count()} cores")
-    print(f"\n{'endpoint':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'ratio':>8}"
-          f"{'errors':>8}{'rows':>8}{'cpu ms':>8}   paced: req/s (aimed) p50 p99")
-    print(f"{'bare FastAPI':<16}{bare.rate:>9.0f}{bare.p50_ms:>9.2f}{bare.p99_ms:>9.2f}"
-          f"{1:>8.2f}{bare.errors:>8}{'-':>8}{bare.cpu_ms or 0:>8.3f}")
+    print(
+        f"\n{'endpoint':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'ratio':>8}"
+        f"{'errors':>8}{'rows':>8}{'cpu ms':>8}   paced: req/s (aimed) p50 p99"
+    )
+    print(
+        f"{'bare FastAPI':<16}{bare.rate:>9.0f}{bare.p50_ms:>9.2f}{bare.p99_ms:>9.2f}"
+        f"{1:>8.2f}{bare.errors:>8}{'-':>8}{bare.cpu_ms or 0:>8.3f}"
+    )
     ok = True
     for top, paced, basis in results:
         ratio = top.rate / bare.rate
         met = ratio >= TARGET_RATIO and paced.p99_ms < TARGET_P99_MS
         ok &= met and top.errors == 0 and paced.errors == 0
-        print(f"{top.label:<16}{top.rate:>9.0f}{top.p50_ms:>9.2f}{top.p99_ms:>9.2f}"
-              f"{ratio:>8.2f}{top.errors:>8}{top.stored:>8}{top.cpu_ms or 0:>8.3f}   "
-              f"{paced.rate:.0f} ({basis}) {paced.p50_ms:.2f} {paced.p99_ms:.2f}"
-              f"{'' if met else '  <- below target'}")
-    print(f"\ntargets: rate >= {TARGET_RATIO} x bare; paced p99 < {TARGET_P99_MS:.0f} ms;"
-          " cpu ms = the server's CPU time per request")
+        print(
+            f"{top.label:<16}{top.rate:>9.0f}{top.p50_ms:>9.2f}{top.p99_ms:>9.2f}"
+            f"{ratio:>8.2f}{top.errors:>8}{top.stored:>8}{top.cpu_ms or 0:>8.3f}   "
+            f"{paced.rate:.0f} ({basis}) {paced.p50_ms:.2f} {paced.p99_ms:.2f}"
+            f"{'' if met else '  <- below target'}"
+        )
+    print(
+        f"\ntargets: rate >= {TARGET_RATIO} x bare; paced p99 < {TARGET_P99_MS:.0f} ms;"
+        " cpu ms = the server's CPU time per request"
+    )
     return ok
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13",
-                        help="a Redis database of the benchmark's own: it is flushed")
+    parser.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379/13",
+        help="a Redis database of the benchmark's own: it is flushed",
+    )
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--routes", default=",".join(ROUTES))
@@ -351,33 +423,59 @@ def main() -> int:
             upgrade(database_url)
             db = Database(database_url)
             env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_")}
-            env.update(PYTHONPATH=str(REPO), INTAKE_DATABASE_URL=database_url,
-                       INTAKE_BROKER_URL=args.redis, INTAKE_REDIS_URL=args.redis)
+            env.update(
+                PYTHONPATH=str(REPO),
+                INTAKE_DATABASE_URL=database_url,
+                INTAKE_BROKER_URL=args.redis,
+                INTAKE_REDIS_URL=args.redis,
+            )
             bare_port, app_port = free_port(), free_port()
             bare_url, app_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{app_port}"
             sample_body = next(route_requests("twilio", uuid.uuid4(), app_port, 1))
             sample_body = sample_body.split(b"\r\n\r\n", 1)[1]
-            with process([sys.executable, __file__, "--bare-server", str(bare_port)], env,
-                         work / "bare.log", bare_url) as bare_proc:
+            with process(
+                [sys.executable, __file__, "--bare-server", str(bare_port)],
+                env,
+                work / "bare.log",
+                bare_url,
+            ) as bare_proc:
                 pool = work / "bare.pool"
                 # The bare endpoint stores nothing, so one request sent over and over will do.
                 write_pool(pool, bare_requests(bare_port, 1, sample_body))
                 started = cpu_seconds(bare_proc.pid)
-                bare = as_pass("bare", run_wrk(bare_url, pool, script, seconds=args.seconds,
-                                               connections=args.connections, reuse=True))
+                bare = as_pass(
+                    "bare",
+                    run_wrk(
+                        bare_url,
+                        pool,
+                        script,
+                        seconds=args.seconds,
+                        connections=args.connections,
+                        reuse=True,
+                    ),
+                )
                 bare.cpu_ms = (cpu_seconds(bare_proc.pid) - started) * 1000 / bare.requests
-            print(f"bare FastAPI: {bare.rate:.0f} req/s, p50 {bare.p50_ms:.2f} ms, "
-                  f"p99 {bare.p99_ms:.2f} ms", flush=True)
+            print(
+                f"bare FastAPI: {bare.rate:.0f} req/s, p50 {bare.p50_ms:.2f} ms, "
+                f"p99 {bare.p99_ms:.2f} ms",
+                flush=True,
+            )
             results = []
             serve = [sys.executable, "-m", "intake", "serve", "--port", str(app_port)]
             with process(serve, env, work / "serve.log", app_url) as serve_proc:
                 for route in args.routes.split(","):
-                    results.append(measure_route(route, db, app_url, app_port, work, script,
-                                                 args, bare, serve_proc.pid))
+                    results.append(
+                        measure_route(
+                            route, db, app_url, app_port, work, script, args, bare, serve_proc.pid
+                        )
+                    )
                     top, paced, basis = results[-1]
-                    print(f"{route}: {top.rate:.0f} req/s ({top.stored} rows), p99 "
-                          f"{top.p99_ms:.2f} ms; paced {paced.rate:.0f} req/s ({basis}), "
-                          f"p99 {paced.p99_ms:.2f} ms", flush=True)
+                    print(
+                        f"{route}: {top.rate:.0f} req/s ({top.stored} rows), p99 "
+                        f"{top.p99_ms:.2f} ms; paced {paced.rate:.0f} req/s ({basis}), "
+                        f"p99 {paced.p99_ms:.2f} ms",
+                        flush=True,
+                    )
             db.dispose()
         return 0 if report(bare, results) else 1
     finally:

@@ -34,8 +34,12 @@ from tests.signed import SAMPLES, post_signed, sign_sample
 from tests.worker.helpers import drain
 
 REPO = Path(__file__).resolve().parent.parent
-SIGNATURE_HEADERS = ("x-twilio-signature", "x-hub-signature-256", "x-intake-signature",
-                     "x-telegram-bot-api-secret-token")
+SIGNATURE_HEADERS = (
+    "x-twilio-signature",
+    "x-hub-signature-256",
+    "x-intake-signature",
+    "x-telegram-bot-api-secret-token",
+)
 
 
 @pytest.fixture
@@ -94,15 +98,18 @@ def test_full_run_logs_request_ids_and_no_secrets_or_bodies(
     never.add("forged+signature/value=")
     assert client.get("/api/v1/contacts", headers=tenant.auth).status_code == 200
     wrong_key = "ik_" + uuid.uuid4().hex
-    assert client.get("/api/v1/contacts",
-                      headers={"Authorization": f"Bearer {wrong_key}"}).status_code == 401
+    assert (
+        client.get("/api/v1/contacts", headers={"Authorization": f"Bearer {wrong_key}"}).status_code
+        == 401
+    )
     never.add(wrong_key)
     assert drain(db, tenant.id).handled == 8
 
     with db.sessions() as session:
         messages = session.execute(
-            select(Message.id, Message.request_id, Message.body)
-            .where(Message.tenant_id == tenant.id)
+            select(Message.id, Message.request_id, Message.body).where(
+                Message.tenant_id == tenant.id
+            )
         ).all()
     bodies = {m.body.strip() for m in messages if m.body and m.body.strip()}
     assert len(bodies) >= 6  # the check below would prove nothing without body texts
@@ -112,8 +119,11 @@ def test_full_run_logs_request_ids_and_no_secrets_or_bodies(
 
     entries = parse_lines(text)
     accepted = {e.get("request_id") for e in entries if e["event"] == "webhook.accepted"}
-    handled = {(e.get("request_id"), e["event"].split("message=")[1].split()[0])
-               for e in entries if e["event"].startswith("ingest.message_handled")}
+    handled = {
+        (e.get("request_id"), e["event"].split("message=")[1].split()[0])
+        for e in entries
+        if e["event"].startswith("ingest.message_handled")
+    }
     assert len(messages) == 8
     for message in messages:
         assert (message.request_id or "").startswith("req-")
@@ -127,8 +137,14 @@ def test_log_json_command_writes_one_json_object_a_line(tmp_path: Path) -> None:
     """`intake --log-json migrate` writes only JSON objects, one a line, to stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_")}
     env.update(PYTHONPATH=str(REPO), INTAKE_DATABASE_URL=f"sqlite:///{tmp_path}/intake.db")
-    done = subprocess.run([sys.executable, "-m", "intake", "--log-json", "migrate"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "intake", "--log-json", "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     entries = parse_lines(done.stderr)
     assert any(e["logger"].startswith("alembic") for e in entries)
@@ -143,13 +159,16 @@ def test_worker_logs_json_with_the_webhooks_request_id(tmp_path: Path) -> None:
     upgrade(database_url)
     db = Database(database_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_")}
-    env.update(PYTHONPATH=str(REPO), INTAKE_DATABASE_URL=database_url,
-               INTAKE_BROKER_URL=broker_url)
+    env.update(PYTHONPATH=str(REPO), INTAKE_DATABASE_URL=database_url, INTAKE_BROKER_URL=broker_url)
     stderr_path = tmp_path / "worker.stderr"
     with stderr_path.open("wb") as stderr:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "intake", "--log-json", "worker"], env=env, cwd=tmp_path,
-            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+            [sys.executable, "-m", "intake", "--log-json", "worker"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
         )
     try:
         tenant = make_tenant(db, **DEMO_SECRETS)
@@ -160,8 +179,10 @@ def test_worker_logs_json_with_the_webhooks_request_id(tmp_path: Path) -> None:
 
         def ingest_line_logged() -> bool:
             assert worker.poll() is None, stderr_path.read_text(errors="replace")
-            return any("ingest.message_handled" in line and request_id in line
-                       for line in stderr_path.read_text(errors="replace").splitlines())
+            return any(
+                "ingest.message_handled" in line and request_id in line
+                for line in stderr_path.read_text(errors="replace").splitlines()
+            )
 
         wait_for(ingest_line_logged, timeout=60, what="the worker's ingest line")
     finally:

@@ -52,8 +52,13 @@ def stored_provider_id(provider_id: str) -> str:
     return "sha256:" + hashlib.sha256(provider_id.encode()).hexdigest()
 
 
-def _insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str, Any]],
-                               index_elements: list[str], returning: Any) -> list[Any]:
+def _insert_ignoring_conflicts(
+    session: Session,
+    table: Any,
+    rows: list[dict[str, Any]],
+    index_elements: list[str],
+    returning: Any,
+) -> list[Any]:
     """INSERT … ON CONFLICT DO NOTHING RETURNING, in the dialect at hand.
 
     On the table, not the mapped class: the ORM's bulk-insert path costs more than the insert
@@ -70,16 +75,23 @@ def _insert_ignoring_conflicts(session: Session, table: Any, rows: list[dict[str
     return list(session.execute(stmt, rows).scalars())
 
 
-def store_messages(session: Session, *, tenant_id: uuid.UUID,
-                   messages: Sequence[InboundMessage], nonce: tuple[str, str] | None = None,
-                   request_id: str | None = None) -> list[uuid.UUID]:
+def store_messages(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    messages: Sequence[InboundMessage],
+    nonce: tuple[str, str] | None = None,
+    request_id: str | None = None,
+) -> list[uuid.UUID]:
     """Insert the new messages as pending rows (and burn the nonce); returns the new row ids."""
     if nonce is not None:
         kind, value = nonce
         burnt = _insert_ignoring_conflicts(
-            session, WebhookNonce,
+            session,
+            WebhookNonce,
             [{"tenant_id": tenant_id, "kind": kind, "value": value, "created_at": utcnow()}],
-            ["tenant_id", "kind", "value"], WebhookNonce.__table__.c.value,
+            ["tenant_id", "kind", "value"],
+            WebhookNonce.__table__.c.value,
         )
         if not burnt:
             raise NonceReplayedError(f"{kind} token already used")
@@ -107,14 +119,23 @@ def store_messages(session: Session, *, tenant_id: uuid.UUID,
     if not rows:
         return []
     return _insert_ignoring_conflicts(
-        session, Message, list(rows.values()),
-        ["tenant_id", "channel", "provider_message_id"], Message.__table__.c.id,
+        session,
+        Message,
+        list(rows.values()),
+        ["tenant_id", "channel", "provider_message_id"],
+        Message.__table__.c.id,
     )
 
 
-def accept(db: Database, dispatcher: Dispatcher, *, tenant_id: uuid.UUID,
-           messages: Sequence[InboundMessage], nonce: tuple[str, str] | None = None,
-           request_id: str | None = None) -> AcceptResult:
+def accept(
+    db: Database,
+    dispatcher: Dispatcher,
+    *,
+    tenant_id: uuid.UUID,
+    messages: Sequence[InboundMessage],
+    nonce: tuple[str, str] | None = None,
+    request_id: str | None = None,
+) -> AcceptResult:
     """Store `messages` durably in one transaction, then wake a drain for the new ones.
 
     Raises NonceReplayedError (nothing stored) or AcceptUnavailableError (the database could
@@ -122,23 +143,28 @@ def accept(db: Database, dispatcher: Dispatcher, *, tenant_id: uuid.UUID,
     """
     try:
         with db.unit_of_work() as session:
-            new_ids = store_messages(session, tenant_id=tenant_id, messages=messages,
-                                     nonce=nonce, request_id=request_id)
+            new_ids = store_messages(
+                session, tenant_id=tenant_id, messages=messages, nonce=nonce, request_id=request_id
+            )
     except NonceReplayedError:
         raise
     except IntegrityError:
         # A foreign key (the tenant) or a schema fault: the caller's bug, not an outage.
         raise
     except SQLAlchemyError as exc:
-        log.warning("accept.unavailable tenant=%s error=%s", tenant_id,
-                    type(exc).__name__)
+        log.warning("accept.unavailable tenant=%s error=%s", tenant_id, type(exc).__name__)
         raise AcceptUnavailableError("the message store is unavailable") from exc
-    result = AcceptResult(new=len(new_ids), duplicates=len(messages) - len(new_ids),
-                          message_ids=tuple(new_ids))
+    result = AcceptResult(
+        new=len(new_ids), duplicates=len(messages) - len(new_ids), message_ids=tuple(new_ids)
+    )
     if new_ids:
         try:
             dispatcher.dispatch(tenant_id, new_ids)
         except Exception as exc:  # the rows are committed; the reconciler will send them
-            log.warning("accept.dispatch_failed tenant=%s messages=%d error=%s", tenant_id,
-                        len(new_ids), type(exc).__name__)
+            log.warning(
+                "accept.dispatch_failed tenant=%s messages=%d error=%s",
+                tenant_id,
+                len(new_ids),
+                type(exc).__name__,
+            )
     return result

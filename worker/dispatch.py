@@ -38,8 +38,9 @@ def scheduled_key(tenant_id: uuid.UUID | str) -> str:
 class Dispatcher:
     """Sends `ingest_tenant` tasks after the rows they announce are committed."""
 
-    def __init__(self, settings: Settings, celery_app: Any,
-                 redis_client: redis.Redis | None = None) -> None:
+    def __init__(
+        self, settings: Settings, celery_app: Any, redis_client: redis.Redis | None = None
+    ) -> None:
         self._app = celery_app
         self.redis = redis_client
         if self.redis is None and settings.redis_url:
@@ -56,8 +57,7 @@ class Dispatcher:
         """Wake a drain for `tenant_id` unless one is already queued; True if a task was sent."""
         if self.redis is not None:
             try:
-                newly_set = self.redis.set(scheduled_key(tenant_id), 1, nx=True,
-                                            ex=self._flag_ttl)
+                newly_set = self.redis.set(scheduled_key(tenant_id), 1, nx=True, ex=self._flag_ttl)
             except redis.RedisError as exc:
                 # Sending a task too many is harmless; sending none could strand the rows.
                 log.warning("dispatch.flag_unavailable tenant=%s error=%s", tenant_id, exc)
@@ -72,8 +72,13 @@ class Dispatcher:
         if self.redis is not None:
             self.redis.delete(scheduled_key(tenant_id))
 
-    def dispatch_now(self, tenant_id: uuid.UUID, message_ids: Sequence[uuid.UUID], *,
-                     countdown: float | None = None) -> None:
+    def dispatch_now(
+        self,
+        tenant_id: uuid.UUID,
+        message_ids: Sequence[uuid.UUID],
+        *,
+        countdown: float | None = None,
+    ) -> None:
         """Send a drain whatever the flag says: for the reconciler and for retries of errors."""
         if self.redis is not None and countdown is None:
             try:
@@ -82,8 +87,13 @@ class Dispatcher:
                 log.warning("dispatch.flag_unavailable tenant=%s error=%s", tenant_id, exc)
         self.send(tenant_id, message_ids, countdown=countdown)
 
-    def send(self, tenant_id: uuid.UUID, message_ids: Sequence[uuid.UUID], *,
-             countdown: float | None = None) -> None:
+    def send(
+        self,
+        tenant_id: uuid.UUID,
+        message_ids: Sequence[uuid.UUID],
+        *,
+        countdown: float | None = None,
+    ) -> None:
         ids = [str(m) for m in message_ids[:MAX_IDS_IN_TASK]]
         self._app.send_task(INGEST_TASK, args=[str(tenant_id), ids], countdown=countdown)
 

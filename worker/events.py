@@ -56,8 +56,15 @@ class FailedEvent:
 def list_failed(db: Database, *, tenant_id: uuid.UUID | None) -> list[FailedEvent]:
     """Failed messages, oldest first: of one tenant, or of all when `tenant_id` is None."""
     stmt = (
-        select(Message.id, Message.tenant_id, Message.channel, Message.provider_message_id,
-               Message.attempts, Message.last_error, Message.accepted_at)
+        select(
+            Message.id,
+            Message.tenant_id,
+            Message.channel,
+            Message.provider_message_id,
+            Message.attempts,
+            Message.last_error,
+            Message.accepted_at,
+        )
         .where(Message.state == "failed")
         .order_by(Message.accepted_at, Message.id)
     )
@@ -67,8 +74,13 @@ def list_failed(db: Database, *, tenant_id: uuid.UUID | None) -> list[FailedEven
         return [FailedEvent(*row) for row in session.execute(stmt)]
 
 
-def replay(db: Database, settings: Settings, *, message_ids: Sequence[uuid.UUID],
-           dispatcher: Dispatcher | None = None) -> int:
+def replay(
+    db: Database,
+    settings: Settings,
+    *,
+    message_ids: Sequence[uuid.UUID],
+    dispatcher: Dispatcher | None = None,
+) -> int:
     """Put failed messages back to pending with fresh attempts and wake their drains.
 
     All or nothing: an id that is unknown or not failed raises UnknownEventError and changes
@@ -93,8 +105,9 @@ def replay(db: Database, settings: Settings, *, message_ids: Sequence[uuid.UUID]
         for tenant_id, ids in by_tenant.items():
             session.execute(
                 update(Message)
-                .where(Message.tenant_id == tenant_id, Message.id.in_(ids),
-                       Message.state == "failed")
+                .where(
+                    Message.tenant_id == tenant_id, Message.id.in_(ids), Message.state == "failed"
+                )
                 .values(state="pending", attempts=0)
             )
     if dispatcher is None:

@@ -219,11 +219,16 @@ def _load_index(session: Session, *, tenant_id: uuid.UUID, senders: Iterable[Sen
     if sender_ids:
         channels = {s.channel for s in senders if s.sender_id}
         for row in session.execute(
-            select(IDENTITIES.c.id, IDENTITIES.c.channel, IDENTITIES.c.sender_id,
-                   IDENTITIES.c.contact_id)
-            .where(IDENTITIES.c.tenant_id == tenant_id,
-                   IDENTITIES.c.sender_id.in_(sender_ids),
-                   IDENTITIES.c.channel.in_(channels))
+            select(
+                IDENTITIES.c.id,
+                IDENTITIES.c.channel,
+                IDENTITIES.c.sender_id,
+                IDENTITIES.c.contact_id,
+            ).where(
+                IDENTITIES.c.tenant_id == tenant_id,
+                IDENTITIES.c.sender_id.in_(sender_ids),
+                IDENTITIES.c.channel.in_(channels),
+            )
         ):
             index.identities[(row.channel, row.sender_id)] = _Identity(row.id, row.contact_id)
             identity_contacts.add(row.contact_id)
@@ -238,19 +243,32 @@ def _load_index(session: Session, *, tenant_id: uuid.UUID, senders: Iterable[Sen
         matches.append(CONTACTS.c.email.in_(emails))
     if matches:
         for found in session.execute(
-            select(CONTACTS.c.id, CONTACTS.c.name, CONTACTS.c.phone, CONTACTS.c.email,
-                   CONTACTS.c.channel_preference)
-            .where(CONTACTS.c.tenant_id == tenant_id, CONTACTS.c.deleted_at.is_(None),
-                   or_(*matches))
+            select(
+                CONTACTS.c.id,
+                CONTACTS.c.name,
+                CONTACTS.c.phone,
+                CONTACTS.c.email,
+                CONTACTS.c.channel_preference,
+            )
+            .where(
+                CONTACTS.c.tenant_id == tenant_id, CONTACTS.c.deleted_at.is_(None), or_(*matches)
+            )
             .order_by(CONTACTS.c.created_at)
         ):
-            index.add(_Contact(found.id, found.name, found.phone, found.email,
-                               found.channel_preference))
+            index.add(
+                _Contact(found.id, found.name, found.phone, found.email, found.channel_preference)
+            )
     return index
 
 
-def _plan(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row[Any]],
-          outcome: BatchOutcome, now: datetime) -> _Plan:
+def _plan(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    rows: Sequence[Row[Any]],
+    outcome: BatchOutcome,
+    now: datetime,
+) -> _Plan:
     plan = _Plan()
     for row in rows:
         try:
@@ -264,8 +282,15 @@ def _plan(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row[Any]],
             continue
         contact, identity = index.match(sender)
         if contact is None:
-            contact = _Contact(uuid.uuid4(), sender.name, sender.phone, sender.email,
-                               sender.channel, is_new=True, language=sender.language)
+            contact = _Contact(
+                uuid.uuid4(),
+                sender.name,
+                sender.phone,
+                sender.email,
+                sender.channel,
+                is_new=True,
+                language=sender.language,
+            )
             index.add(contact)
             plan.new_contacts.append(contact)
         else:
@@ -277,11 +302,16 @@ def _plan(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row[Any]],
             if identity is None:
                 identity = _Identity(uuid.uuid4(), contact.id)
                 index.identities[key] = identity
-                plan.new_identities.append({
-                    "id": identity.id, "tenant_id": tenant_id, "contact_id": contact.id,
-                    "channel": sender.channel, "sender_id": sender.sender_id,
-                    "created_at": now,
-                })
+                plan.new_identities.append(
+                    {
+                        "id": identity.id,
+                        "tenant_id": tenant_id,
+                        "contact_id": contact.id,
+                        "channel": sender.channel,
+                        "sender_id": sender.sender_id,
+                        "created_at": now,
+                    }
+                )
             elif identity.contact_id != contact.id:
                 # Its contact was deleted: the sender id now names the contact made since.
                 identity.contact_id = contact.id
@@ -315,28 +345,42 @@ def _fill(contact: _Contact, sender: Sender, index: _Index) -> None:
 
 def _apply(session: Session, *, tenant_id: uuid.UUID, plan: _Plan, now: datetime) -> None:
     if plan.new_contacts:
-        session.execute(insert(CONTACTS), [
-            {
-                "id": c.id, "tenant_id": tenant_id, "name": c.name, "phone": c.phone,
-                "email": c.email, "status": "prospect", "role": "prospect",
-                "channel_preference": c.channel_preference,
-                "source": c.channel_preference, "language": c.language,
-                "created_at": now, "updated_at": now,
-            }
-            for c in plan.new_contacts
-        ])
+        session.execute(
+            insert(CONTACTS),
+            [
+                {
+                    "id": c.id,
+                    "tenant_id": tenant_id,
+                    "name": c.name,
+                    "phone": c.phone,
+                    "email": c.email,
+                    "status": "prospect",
+                    "role": "prospect",
+                    "channel_preference": c.channel_preference,
+                    "source": c.channel_preference,
+                    "language": c.language,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for c in plan.new_contacts
+            ],
+        )
     if plan.filled:
         # COALESCE and the stand-in test re-check at write time: a value someone else set
         # since we read the contact is kept, not overwritten.
         session.execute(
             update(CONTACTS)
-            .where(CONTACTS.c.id == bindparam("b_id"), CONTACTS.c.tenant_id == tenant_id,
-                   CONTACTS.c.deleted_at.is_(None))
+            .where(
+                CONTACTS.c.id == bindparam("b_id"),
+                CONTACTS.c.tenant_id == tenant_id,
+                CONTACTS.c.deleted_at.is_(None),
+            )
             .values(
                 phone=func.coalesce(CONTACTS.c.phone, bindparam("b_phone")),
                 email=func.coalesce(CONTACTS.c.email, bindparam("b_email")),
-                channel_preference=func.coalesce(CONTACTS.c.channel_preference,
-                                                 bindparam("b_pref")),
+                channel_preference=func.coalesce(
+                    CONTACTS.c.channel_preference, bindparam("b_pref")
+                ),
                 name=case(
                     (
                         bindparam("b_name", type_=String).is_not(None)
@@ -352,9 +396,14 @@ def _apply(session: Session, *, tenant_id: uuid.UUID, plan: _Plan, now: datetime
                 updated_at=bindparam("b_now"),
             ),
             [
-                {"b_id": c.id, "b_phone": c.phone, "b_email": c.email,
-                 "b_pref": c.channel_preference, "b_name": c.name if c.renamed else None,
-                 "b_now": now}
+                {
+                    "b_id": c.id,
+                    "b_phone": c.phone,
+                    "b_email": c.email,
+                    "b_pref": c.channel_preference,
+                    "b_name": c.name if c.renamed else None,
+                    "b_now": now,
+                }
                 for c in plan.filled.values()
             ],
         )
@@ -370,10 +419,14 @@ def _apply(session: Session, *, tenant_id: uuid.UUID, plan: _Plan, now: datetime
     if plan.handled:
         session.execute(
             update(MESSAGES)
-            .where(MESSAGES.c.id == bindparam("b_id"), MESSAGES.c.tenant_id == tenant_id,
-                   MESSAGES.c.state == "pending")
-            .values(contact_id=bindparam("b_contact"), state="handled",
-                    handled_at=bindparam("b_now")),
+            .where(
+                MESSAGES.c.id == bindparam("b_id"),
+                MESSAGES.c.tenant_id == tenant_id,
+                MESSAGES.c.state == "pending",
+            )
+            .values(
+                contact_id=bindparam("b_contact"), state="handled", handled_at=bindparam("b_now")
+            ),
             plan.handled,
         )
 
@@ -383,12 +436,18 @@ def _describe(exc: BaseException) -> str:
     return text[:MAX_ERROR_LENGTH]
 
 
-def select_pending(session: Session, *, tenant_id: uuid.UUID, limit: int,
-                   exclude: Iterable[uuid.UUID] = ()) -> list[Row[Any]]:
+def select_pending(
+    session: Session, *, tenant_id: uuid.UUID, limit: int, exclude: Iterable[uuid.UUID] = ()
+) -> list[Row[Any]]:
     """The tenant's oldest pending rows, locked; rows another drain holds are skipped."""
     stmt = (
-        select(MESSAGES.c.id, MESSAGES.c.payload, MESSAGES.c.attempts, MESSAGES.c.channel,
-               MESSAGES.c.request_id)
+        select(
+            MESSAGES.c.id,
+            MESSAGES.c.payload,
+            MESSAGES.c.attempts,
+            MESSAGES.c.channel,
+            MESSAGES.c.request_id,
+        )
         .where(MESSAGES.c.tenant_id == tenant_id, MESSAGES.c.state == "pending")
         .order_by(MESSAGES.c.accepted_at, MESSAGES.c.id)
         .limit(limit)
@@ -401,8 +460,9 @@ def select_pending(session: Session, *, tenant_id: uuid.UUID, limit: int,
     return list(session.execute(stmt))
 
 
-def ingest_batch(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row[Any]],
-                 max_attempts: int) -> BatchOutcome:
+def ingest_batch(
+    session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row[Any]], max_attempts: int
+) -> BatchOutcome:
     """Resolve each row's sender to a contact, link the row and mark it handled.
 
     A row that raises is charged an attempt and its error; at `max_attempts` it is parked as
@@ -419,18 +479,24 @@ def ingest_batch(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row[A
         outcome.handled = len(plan.handled)
         outcome.contacts_created = len(plan.new_contacts)
     except Exception as exc:  # redone row by row below, so only the faulty row is charged
-        log.info("ingest.batch_conflict tenant=%s rows=%d error=%s", tenant_id, len(rows),
-                 type(exc).__name__)
+        log.info(
+            "ingest.batch_conflict tenant=%s rows=%d error=%s",
+            tenant_id,
+            len(rows),
+            type(exc).__name__,
+        )
         outcome = BatchOutcome()
         for row in rows:
             _ingest_one(session, tenant_id=tenant_id, row=row, outcome=outcome, now=now)
-    _record_errors(session, tenant_id=tenant_id, rows=rows, outcome=outcome,
-                   max_attempts=max_attempts)
+    _record_errors(
+        session, tenant_id=tenant_id, rows=rows, outcome=outcome, max_attempts=max_attempts
+    )
     return outcome
 
 
-def _ingest_one(session: Session, *, tenant_id: uuid.UUID, row: Row[Any],
-                outcome: BatchOutcome, now: datetime) -> None:
+def _ingest_one(
+    session: Session, *, tenant_id: uuid.UUID, row: Row[Any], outcome: BatchOutcome, now: datetime
+) -> None:
     for attempt in range(1, RACE_RETRIES + 1):
         single = BatchOutcome()
         try:
@@ -451,8 +517,14 @@ def _ingest_one(session: Session, *, tenant_id: uuid.UUID, row: Row[Any],
         return
 
 
-def _record_errors(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row[Any]],
-                   outcome: BatchOutcome, max_attempts: int) -> None:
+def _record_errors(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    rows: Sequence[Row[Any]],
+    outcome: BatchOutcome,
+    max_attempts: int,
+) -> None:
     if not outcome.errors:
         return
     attempts = {row.id: row.attempts for row in rows}
@@ -463,16 +535,29 @@ def _record_errors(session: Session, *, tenant_id: uuid.UUID, rows: Sequence[Row
         outcome.max_attempts_used = max(outcome.max_attempts_used, used)
         if used >= max_attempts:
             outcome.failed.append(message_id)
-        params.append({"b_id": message_id, "b_error": error,
-                       "b_state": "failed" if used >= max_attempts else "pending"})
-        log.warning("ingest.message_error tenant=%s message=%s attempt=%d error=%s",
-                    tenant_id, message_id, used, error,
-                    extra={"request_id": request_ids[message_id]})
+        params.append(
+            {
+                "b_id": message_id,
+                "b_error": error,
+                "b_state": "failed" if used >= max_attempts else "pending",
+            }
+        )
+        log.warning(
+            "ingest.message_error tenant=%s message=%s attempt=%d error=%s",
+            tenant_id,
+            message_id,
+            used,
+            error,
+            extra={"request_id": request_ids[message_id]},
+        )
     session.execute(
         update(MESSAGES)
         .where(MESSAGES.c.id == bindparam("b_id"), MESSAGES.c.tenant_id == tenant_id)
-        .values(attempts=MESSAGES.c.attempts + 1, last_error=bindparam("b_error"),
-                state=bindparam("b_state")),
+        .values(
+            attempts=MESSAGES.c.attempts + 1,
+            last_error=bindparam("b_error"),
+            state=bindparam("b_state"),
+        ),
         params,
     )
 
@@ -483,8 +568,13 @@ def _log_handled(tenant_id: uuid.UUID, rows: Sequence[Row[Any]], outcome: BatchO
     """
     for row in rows:
         if row.id not in outcome.errors:
-            log.info("ingest.message_handled tenant=%s message=%s channel=%s", tenant_id,
-                     row.id, row.channel, extra={"request_id": row.request_id})
+            log.info(
+                "ingest.message_handled tenant=%s message=%s channel=%s",
+                tenant_id,
+                row.id,
+                row.channel,
+                extra={"request_id": row.request_id},
+            )
 
 
 @dataclass
@@ -497,8 +587,15 @@ class DrainResult:
     out_of_time: bool = False
 
 
-def drain_tenant(db: Database, locks: TenantLocks, *, tenant_id: uuid.UUID, batch_size: int,
-                 max_attempts: int, budget_seconds: float) -> DrainResult:
+def drain_tenant(
+    db: Database,
+    locks: TenantLocks,
+    *,
+    tenant_id: uuid.UUID,
+    batch_size: int,
+    max_attempts: int,
+    budget_seconds: float,
+) -> DrainResult:
     """Under the tenant's lock, ingest its pending rows, one transaction per batch, until none
     are left, the lease is lost, or `budget_seconds` ran out (the caller then drains again).
 
@@ -510,12 +607,14 @@ def drain_tenant(db: Database, locks: TenantLocks, *, tenant_id: uuid.UUID, batc
     with locks.hold(tenant_id) as lease:
         while True:
             with db.unit_of_work() as session:
-                rows = select_pending(session, tenant_id=tenant_id, limit=batch_size,
-                                      exclude=result.retrying)
+                rows = select_pending(
+                    session, tenant_id=tenant_id, limit=batch_size, exclude=result.retrying
+                )
                 if not rows:
                     break
-                outcome = ingest_batch(session, tenant_id=tenant_id, rows=rows,
-                                       max_attempts=max_attempts)
+                outcome = ingest_batch(
+                    session, tenant_id=tenant_id, rows=rows, max_attempts=max_attempts
+                )
             _log_handled(tenant_id, rows, outcome)
             result.handled += outcome.handled
             result.contacts_created += outcome.contacts_created

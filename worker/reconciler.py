@@ -64,8 +64,9 @@ class ReconcileTimer:
         self._period = settings.reconcile_every_seconds
         self._redis = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="intake-reconcile-timer",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="intake-reconcile-timer", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()

@@ -68,8 +68,9 @@ class EmbeddedWorker:
             without_mingle=True,
             loglevel=logging.INFO,
         )
-        self._thread = threading.Thread(target=self._run,
-                                        name="intake-embedded-worker", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="intake-embedded-worker", daemon=True
+        )
         self._timer = ReconcileTimer(settings, self.app)
 
     def _run(self) -> None:

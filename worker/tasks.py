@@ -50,19 +50,29 @@ def ingest_tenant_now(context: WorkerContext, *, tenant_id: uuid.UUID) -> DrainR
     # sends another drain, and one that committed before is read below.
     context.dispatcher.clear_flag(tenant_id)
     result = drain_tenant(
-        context.db, context.locks, tenant_id=tenant_id, batch_size=settings.batch_size,
-        max_attempts=settings.max_attempts, budget_seconds=DRAIN_BUDGET_SECONDS,
+        context.db,
+        context.locks,
+        tenant_id=tenant_id,
+        batch_size=settings.batch_size,
+        max_attempts=settings.max_attempts,
+        budget_seconds=DRAIN_BUDGET_SECONDS,
     )
     if result.out_of_time or result.lost_lock:
         context.dispatcher.dispatch_now(tenant_id, [])
     if result.retrying:
         attempts = max(result.retrying.values())
-        countdown = min(2.0 ** attempts, settings.reconcile_after_seconds)
-        context.dispatcher.dispatch_now(tenant_id, list(result.retrying),
-                                        countdown=countdown * random.uniform(0.5, 1.0))
-    log.info("ingest.drained tenant=%s handled=%d contacts_created=%d failed=%d retrying=%d",
-             tenant_id, result.handled, result.contacts_created, result.failed,
-             len(result.retrying))
+        countdown = min(2.0**attempts, settings.reconcile_after_seconds)
+        context.dispatcher.dispatch_now(
+            tenant_id, list(result.retrying), countdown=countdown * random.uniform(0.5, 1.0)
+        )
+    log.info(
+        "ingest.drained tenant=%s handled=%d contacts_created=%d failed=%d retrying=%d",
+        tenant_id,
+        result.handled,
+        result.contacts_created,
+        result.failed,
+        len(result.retrying),
+    )
     return result
 
 
@@ -75,8 +85,11 @@ def register(app: Any) -> None:
 
     def reconcile_task(self: Any) -> int:
         context = context_of(self.app)
-        return reconcile(context.db, context.dispatcher,
-                         older_than_seconds=context.settings.reconcile_after_seconds)
+        return reconcile(
+            context.db,
+            context.dispatcher,
+            older_than_seconds=context.settings.reconcile_after_seconds,
+        )
 
     # Not shared: each app (one per settings) keeps its own tasks and finds its own context.
     app.task(name=INGEST_TASK, bind=True, shared=False, **RETRY_OPTIONS)(ingest_tenant)

@@ -38,6 +38,7 @@ EXPECTED_FAMILIES = {
     "intake_contacts_created": "counter",
     "intake_queue_depth": "gauge",
     "intake_queue_oldest_age_seconds": "gauge",
+    "intake_database_up": "gauge",
 }
 
 Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -72,9 +73,7 @@ def test_every_family_is_exposed_with_its_type(app: FastAPI) -> None:
     assert {name: families.get(name) for name in EXPECTED_FAMILIES} == EXPECTED_FAMILIES
 
 
-def test_webhook_counters_move_by_channel_and_reason(
-    app: FastAPI, db: Database
-) -> None:
+def test_webhook_counters_move_by_channel_and_reason(app: FastAPI, db: Database) -> None:
     """Received, accepted and rejected (with the refusal's reason) count each webhook request."""
     client = TestClient(app)
     tenant = make_tenant(db, **DEMO_SECRETS)
@@ -95,9 +94,7 @@ def test_webhook_counters_move_by_channel_and_reason(
     assert moved("intake_webhooks_received_total", channel="telegram") == 0
 
 
-def test_pipeline_figures_move_from_webhook_to_contact(
-    app: FastAPI, db: Database
-) -> None:
+def test_pipeline_figures_move_from_webhook_to_contact(app: FastAPI, db: Database) -> None:
     """Accepting grows the queue; ingesting empties it and moves ingested and contacts created."""
     client = TestClient(app)
     tenant = make_tenant(db, **DEMO_SECRETS)
@@ -114,21 +111,32 @@ def test_pipeline_figures_move_from_webhook_to_contact(
         for c in ("twilio", "whatsapp", "telegram", "email")
     )
     assert new_messages == result.handled == 8
-    assert value(accepted, "intake_messages_duplicate_total", channel="whatsapp") - value(
-        before, "intake_messages_duplicate_total", channel="whatsapp") == 1
-    assert (value(accepted, "intake_queue_depth") - value(before, "intake_queue_depth")
-            == new_messages)
+    assert (
+        value(accepted, "intake_messages_duplicate_total", channel="whatsapp")
+        - value(before, "intake_messages_duplicate_total", channel="whatsapp")
+        == 1
+    )
+    assert (
+        value(accepted, "intake_queue_depth") - value(before, "intake_queue_depth") == new_messages
+    )
     assert value(accepted, "intake_queue_oldest_age_seconds") >= 0.0
     assert value(ingested, "intake_queue_depth") == value(before, "intake_queue_depth")
 
     def grew(name: str, **labels: str) -> float:
         return value(ingested, name, **labels) - value(accepted, name, **labels)
 
-    assert {c: grew("intake_messages_ingested_total", channel=c)
-            for c in ("sms", "whatsapp", "telegram", "email")} == {
-        "sms": 1, "whatsapp": 2, "telegram": 2, "email": 3}
-    assert sum(grew("intake_contacts_created_total", source=s)
-               for s in ("sms", "whatsapp", "telegram", "email")) == result.contacts_created == 5
+    assert {
+        c: grew("intake_messages_ingested_total", channel=c)
+        for c in ("sms", "whatsapp", "telegram", "email")
+    } == {"sms": 1, "whatsapp": 2, "telegram": 2, "email": 3}
+    assert (
+        sum(
+            grew("intake_contacts_created_total", source=s)
+            for s in ("sms", "whatsapp", "telegram", "email")
+        )
+        == result.contacts_created
+        == 5
+    )
     assert grew("intake_contacts_created_total", source="sms") == 1
 
 
@@ -140,8 +148,10 @@ def test_failed_messages_are_counted(app: FastAPI, db: Database) -> None:
     store(db, tenant.id, inbound("telegram"))  # no sender id, phone or email: cannot be a contact
     assert drain(db, tenant.id, max_attempts=1).failed == 1
     after = scrape(client)
-    assert (value(after, "intake_messages_failed", channel="telegram")
-            - value(before, "intake_messages_failed", channel="telegram")) == 1
+    assert (
+        value(after, "intake_messages_failed", channel="telegram")
+        - value(before, "intake_messages_failed", channel="telegram")
+    ) == 1
 
 
 def test_queue_depth_and_oldest_age_are_exact(tmp_path: Path) -> None:
@@ -155,11 +165,18 @@ def test_queue_depth_and_oldest_age_are_exact(tmp_path: Path) -> None:
         tenant = make_tenant(db)
         assert value(scrape(client), "intake_queue_depth") == 0
         assert value(scrape(client), "intake_queue_oldest_age_seconds") == 0
-        [old, _] = store(db, tenant.id, inbound("sms", phone="+14155550150"),
-                         inbound("sms", phone="+14155550151"))
+        [old, _] = store(
+            db,
+            tenant.id,
+            inbound("sms", phone="+14155550150"),
+            inbound("sms", phone="+14155550151"),
+        )
         with db.unit_of_work() as session:
-            session.execute(update(Message).where(Message.id == old)
-                            .values(accepted_at=utcnow() - timedelta(hours=2)))
+            session.execute(
+                update(Message)
+                .where(Message.id == old)
+                .values(accepted_at=utcnow() - timedelta(hours=2))
+            )
         waiting = scrape(client)
         assert value(waiting, "intake_queue_depth") == 2
         assert 7200 <= value(waiting, "intake_queue_oldest_age_seconds") < 7200 + 60
@@ -171,3 +188,16 @@ def test_queue_depth_and_oldest_age_are_exact(tmp_path: Path) -> None:
         assert value(done, "intake_contacts_created_total", source="sms") == 2
     finally:
         db.dispose()
+
+
+def test_scrape_with_the_database_down_still_serves_counters(tmp_path: Path) -> None:
+    """/metrics answers 200 with this process's counters and intake_database_up 0."""
+    settings = Settings(
+        database_url="postgresql+psycopg://postgres@127.0.0.1:9/nowhere",
+        broker_url=f"sqla+sqlite:///{tmp_path}/broker.db",
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.post(f"/webhooks/{uuid.uuid4()}/telegram", content=b"{}")
+        figures = scrape(client)
+    assert value(figures, "intake_database_up") == 0
+    assert value(figures, "intake_webhooks_received_total", channel="telegram") == 1

@@ -48,8 +48,12 @@ def limiter_url(request: pytest.FixtureRequest) -> str:
 
 
 def make_app(db: Database, tmp_path: Path, redis_url: str = "", **limits: int) -> FastAPI:
-    settings = Settings(database_url=db.url, broker_url=f"sqla+sqlite:///{tmp_path}/broker.db",
-                        redis_url=redis_url, **limits)  # type: ignore[arg-type]
+    settings = Settings(
+        database_url=db.url,
+        broker_url=f"sqla+sqlite:///{tmp_path}/broker.db",
+        redis_url=redis_url,
+        **limits,
+    )  # type: ignore[arg-type]
     return create_app(settings, db=db)
 
 
@@ -143,8 +147,9 @@ def test_api_over_its_limit_is_429_and_other_tenants_are_untouched(
     busy, quiet = make_tenant(db), make_tenant(db)
     assert [client.get(CONTACTS, headers=busy.auth).status_code for _ in range(3)] == [200] * 3
     assert_rate_limited(client.get(CONTACTS, headers=busy.auth))
-    assert_rate_limited(client.post(CONTACTS, headers=busy.auth,
-                                    json={"name": "Jo", "email": "jo@example.com"}))
+    assert_rate_limited(
+        client.post(CONTACTS, headers=busy.auth, json={"name": "Jo", "email": "jo@example.com"})
+    )
     assert [client.get(CONTACTS, headers=quiet.auth).status_code for _ in range(3)] == [200] * 3
 
 
@@ -161,24 +166,30 @@ def test_api_limit_is_the_default_from_settings(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.delenv(name, raising=False)
     defaults = Settings(_env_file=None)
     assert (defaults.rate_limit_api_per_minute, defaults.rate_limit_webhooks_per_minute) == (
-        600, 6000)
+        600,
+        6000,
+    )
     monkeypatch.setenv("INTAKE_RATE_LIMIT_API_PER_MINUTE", "7")
     monkeypatch.setenv("INTAKE_RATE_LIMIT_WEBHOOKS_PER_MINUTE", "0")
     configured = Settings(_env_file=None)
     assert (configured.rate_limit_api_per_minute, configured.rate_limit_webhooks_per_minute) == (
-        7, 0)
+        7,
+        0,
+    )
 
 
 def test_api_stays_up_when_redis_is_down(
     db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A limiter whose Redis does not answer lets the API serve, and says so in a warning."""
-    app = make_app(db, tmp_path, f"redis://127.0.0.1:{closed_port()}/0",
-                   rate_limit_api_per_minute=1)
+    app = make_app(
+        db, tmp_path, f"redis://127.0.0.1:{closed_port()}/0", rate_limit_api_per_minute=1
+    )
     tenant = make_tenant(db)
     with caplog.at_level(logging.WARNING, logger="intake.ratelimit"):
-        statuses = [TestClient(app).get(CONTACTS, headers=tenant.auth).status_code
-                    for _ in range(3)]
+        statuses = [
+            TestClient(app).get(CONTACTS, headers=tenant.auth).status_code for _ in range(3)
+        ]
     assert statuses == [200, 200, 200]
     assert any(r.getMessage().startswith("ratelimit.unavailable") for r in caplog.records)
 
@@ -188,8 +199,12 @@ def test_api_stays_up_when_redis_is_down(
 
 def stored(db: Database, tenant: TenantFixture) -> int:
     with db.sessions() as session:
-        return session.scalar(select(func.count()).select_from(Message)
-                              .where(Message.tenant_id == tenant.id)) or 0
+        return (
+            session.scalar(
+                select(func.count()).select_from(Message).where(Message.tenant_id == tenant.id)
+            )
+            or 0
+        )
 
 
 def test_webhooks_over_their_limit_are_429_and_store_nothing(
@@ -217,8 +232,10 @@ def test_forged_webhooks_do_not_spend_the_allowance(
     tenant's real provider; unknown tenants are 404, never 429."""
     client = TestClient(make_app(db, tmp_path, limiter_url, rate_limit_webhooks_per_minute=1))
     tenant = make_tenant(db, **DEMO_SECRETS)
-    forged = [post_sample(client, tenant.id, SAMPLES[0], **{"x-twilio-signature": "forged"})
-              for _ in range(3)]
+    forged = [
+        post_sample(client, tenant.id, SAMPLES[0], **{"x-twilio-signature": "forged"})
+        for _ in range(3)
+    ]
     assert forged == [403] * 3
     assert [post_sample(client, uuid.uuid4(), SAMPLES[0]) for _ in range(3)] == [404] * 3
     assert post_sample(client, tenant.id, SAMPLES[0]) == 200
@@ -232,8 +249,12 @@ def test_openapi_documents_429_with_retry_after(app: FastAPI) -> None:
     """Every Contacts API and webhook operation documents a 429 problem with Retry-After;
     /healthz does not."""
     paths = app.openapi()["paths"]
-    limited = [(path, method, op) for path, ops in paths.items() for method, op in ops.items()
-               if path.startswith(("/api/", "/webhooks/"))]
+    limited = [
+        (path, method, op)
+        for path, ops in paths.items()
+        for method, op in ops.items()
+        if path.startswith(("/api/", "/webhooks/"))
+    ]
     assert len(limited) >= 7
     for path, method, operation in limited:
         response = operation["responses"].get("429")

@@ -88,8 +88,9 @@ def tenant(db: Database) -> TenantFixture:
 
 
 def post(client: TestClient, request: SignedRequest, **headers: str) -> httpx.Response:
-    response: httpx.Response = client.post(request.path, content=request.body,
-                                           headers={**request.headers, **headers})
+    response: httpx.Response = client.post(
+        request.path, content=request.body, headers={**request.headers, **headers}
+    )
     return response
 
 
@@ -105,7 +106,8 @@ def wakeups(settings: Settings, tenant_id: uuid.UUID) -> int:
     marker = str(tenant_id)
     if settings.broker_url.startswith("redis"):
         queued = redis.Redis.from_url(settings.broker_url, decode_responses=True).lrange(
-            "intake", 0, -1)
+            "intake", 0, -1
+        )
         return sum(marker in item for item in queued)
     path = settings.broker_url.removeprefix("sqla+sqlite:///")
     with sqlite3.connect(path) as broker:
@@ -120,15 +122,23 @@ def rejected(client: TestClient, channel: str, reason: str) -> float:
     text = client.get("/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if (sample.name == "intake_webhooks_rejected_total"
-                    and sample.labels == {"channel": channel, "reason": reason}):
+            if sample.name == "intake_webhooks_rejected_total" and sample.labels == {
+                "channel": channel,
+                "reason": reason,
+            }:
                 return sample.value
     return 0.0
 
 
-def assert_refused(client: TestClient, caplog: pytest.LogCaptureFixture,
-                   send: Callable[[], httpx.Response], *, status: int, channel: str,
-                   reason: str) -> httpx.Response:
+def assert_refused(
+    client: TestClient,
+    caplog: pytest.LogCaptureFixture,
+    send: Callable[[], httpx.Response],
+    *,
+    status: int,
+    channel: str,
+    reason: str,
+) -> httpx.Response:
     """`send` is refused with `status`, counted under (channel, reason) and logged with it."""
     before = rejected(client, channel, reason)
     caplog.clear()
@@ -150,27 +160,55 @@ def sign_bytes(route: str, body: bytes, tenant_id: uuid.UUID) -> SignedRequest:
     path = f"/webhooks/{tenant_id}/{route}"
     if route == "whatsapp":
         digest = hmac.new(SECRETS["whatsapp_app_secret"].encode(), body, hashlib.sha256)
-        return SignedRequest(path, {"content-type": "application/json",
-                                    "x-hub-signature-256": "sha256=" + digest.hexdigest()}, body)
+        return SignedRequest(
+            path,
+            {
+                "content-type": "application/json",
+                "x-hub-signature-256": "sha256=" + digest.hexdigest(),
+            },
+            body,
+        )
     if route == "telegram":
-        return SignedRequest(path, {"content-type": "application/json",
-                                    "x-telegram-bot-api-secret-token":
-                                        SECRETS["telegram_secret_token"]}, body)
+        return SignedRequest(
+            path,
+            {
+                "content-type": "application/json",
+                "x-telegram-bot-api-secret-token": SECRETS["telegram_secret_token"],
+            },
+            body,
+        )
     if route == "email/raw":
-        return SignedRequest(path, {"content-type": "message/rfc822", "x-intake-signature":
-                                    email_raw.sign(body, SECRETS["email_webhook_secret"])}, body)
+        return SignedRequest(
+            path,
+            {
+                "content-type": "message/rfc822",
+                "x-intake-signature": email_raw.sign(body, SECRETS["email_webhook_secret"]),
+            },
+            body,
+        )
     raise ValueError(f"{route} signs form fields, not bytes")
 
 
-def mailgun_signed(form: dict[str, str], tenant_id: uuid.UUID, *, timestamp: int | None = None,
-                   token: str | None = None) -> SignedRequest:
+def mailgun_signed(
+    form: dict[str, str],
+    tenant_id: uuid.UUID,
+    *,
+    timestamp: int | None = None,
+    token: str | None = None,
+) -> SignedRequest:
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     token = token or uuid.uuid4().hex
-    fields = {**form, "timestamp": stamp, "token": token,
-              "signature": mailgun.sign(SECRETS["mailgun_signing_key"], stamp, token)}
-    return SignedRequest(f"/webhooks/{tenant_id}/email/mailgun",
-                         {"content-type": "application/x-www-form-urlencoded"},
-                         urlencode(fields).encode())
+    fields = {
+        **form,
+        "timestamp": stamp,
+        "token": token,
+        "signature": mailgun.sign(SECRETS["mailgun_signing_key"], stamp, token),
+    }
+    return SignedRequest(
+        f"/webhooks/{tenant_id}/email/mailgun",
+        {"content-type": "application/x-www-form-urlencoded"},
+        urlencode(fields).encode(),
+    )
 
 
 # --- accepted ---------------------------------------------------------------------------------
@@ -178,8 +216,12 @@ def mailgun_signed(form: dict[str, str], tenant_id: uuid.UUID, *, timestamp: int
 
 @pytest.mark.parametrize(("route", "via_whatsapp"), MESSAGE_CASES)
 def test_signed_message_is_stored_once_and_a_redelivery_changes_nothing(
-    client: TestClient, db: Database, settings: Settings, tenant: TenantFixture,
-    route: str, via_whatsapp: bool,
+    client: TestClient,
+    db: Database,
+    settings: Settings,
+    tenant: TenantFixture,
+    route: str,
+    via_whatsapp: bool,
 ) -> None:
     """A signed message is 200 and one pending row with one wake-up; its redelivery adds none."""
     payload, expected = fresh_message(route, twilio_whatsapp_sender=via_whatsapp)
@@ -199,8 +241,9 @@ def test_signed_message_is_stored_once_and_a_redelivery_changes_nothing(
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_answer_is_what_the_provider_expects(client: TestClient, tenant: TenantFixture,
-                                             route: str) -> None:
+def test_answer_is_what_the_provider_expects(
+    client: TestClient, tenant: TenantFixture, route: str
+) -> None:
     """Twilio gets an empty TwiML <Response/> as text/xml; the others a tiny JSON body."""
     payload, _ = fresh_message(route)
     response = post(client, signed(route, payload, tenant_id=tenant.id, base_url=BASE))
@@ -245,14 +288,23 @@ def test_one_whatsapp_post_may_carry_several_messages(
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_wrong_signature_is_403_and_stores_nothing(
-    client: TestClient, db: Database, tenant: TenantFixture, caplog: pytest.LogCaptureFixture,
+    client: TestClient,
+    db: Database,
+    tenant: TenantFixture,
+    caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
     """Signed with another secret: 403, counted and logged as `signature`, nothing stored."""
     payload, _ = fresh_message(route)
     request = signed(route, payload, tenant_id=tenant.id, base_url=BASE, secrets=WRONG_SECRETS)
-    assert_refused(client, caplog, lambda: post(client, request), status=403,
-                   channel=CHANNEL_LABEL[route], reason="signature")
+    assert_refused(
+        client,
+        caplog,
+        lambda: post(client, request),
+        status=403,
+        channel=CHANNEL_LABEL[route],
+        reason="signature",
+    )
     assert stored(db, tenant.id) == []
 
 
@@ -267,15 +319,23 @@ def _without_signature(route: str, request: SignedRequest) -> SignedRequest:
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_missing_signature_is_403_and_stores_nothing(
-    client: TestClient, db: Database, tenant: TenantFixture, caplog: pytest.LogCaptureFixture,
+    client: TestClient,
+    db: Database,
+    tenant: TenantFixture,
+    caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
     """No signature at all: 403, counted and logged as `signature`, nothing stored."""
     payload, _ = fresh_message(route)
-    request = _without_signature(route, signed(route, payload, tenant_id=tenant.id,
-                                               base_url=BASE))
-    assert_refused(client, caplog, lambda: post(client, request), status=403,
-                   channel=CHANNEL_LABEL[route], reason="signature")
+    request = _without_signature(route, signed(route, payload, tenant_id=tenant.id, base_url=BASE))
+    assert_refused(
+        client,
+        caplog,
+        lambda: post(client, request),
+        status=403,
+        channel=CHANNEL_LABEL[route],
+        reason="signature",
+    )
     assert stored(db, tenant.id) == []
 
 
@@ -288,8 +348,14 @@ def test_tenant_without_the_channel_secret_is_403(
     tenant = make_tenant(db, **others)
     payload, _ = fresh_message(route)
     request = signed(route, payload, tenant_id=tenant.id, base_url=BASE)
-    assert_refused(client, caplog, lambda: post(client, request), status=403,
-                   channel=CHANNEL_LABEL[route], reason="not_configured")
+    assert_refused(
+        client,
+        caplog,
+        lambda: post(client, request),
+        status=403,
+        channel=CHANNEL_LABEL[route],
+        reason="not_configured",
+    )
     assert stored(db, tenant.id) == []
 
 
@@ -302,14 +368,21 @@ def test_unknown_or_malformed_tenant_is_404(
     target = str(uuid.uuid4()) if tenant_id == "unknown" else "not-a-tenant"
     payload, _ = fresh_message(route)
     request = signed(route, payload, tenant_id=target, base_url=BASE)
-    assert_refused(client, caplog, lambda: post(client, request), status=404,
-                   channel=CHANNEL_LABEL[route], reason="unknown_tenant")
+    assert_refused(
+        client,
+        caplog,
+        lambda: post(client, request),
+        status=404,
+        channel=CHANNEL_LABEL[route],
+        reason="unknown_tenant",
+    )
 
 
 def _signed_garbage(route: str, tenant_id: uuid.UUID) -> SignedRequest:
     if route == "twilio":
-        return signed(route, {"Body": "hello", "From": "+14155550100"}, tenant_id=tenant_id,
-                      base_url=BASE)
+        return signed(
+            route, {"Body": "hello", "From": "+14155550100"}, tenant_id=tenant_id, base_url=BASE
+        )
     if route == "email/mailgun":
         return mailgun_signed({"subject": "no sender at all"}, tenant_id)
     return sign_bytes(route, b"\xff\xfe{not json, not mail\x00", tenant_id)
@@ -317,13 +390,22 @@ def _signed_garbage(route: str, tenant_id: uuid.UUID) -> SignedRequest:
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_signed_garbage_is_400_and_stores_nothing(
-    client: TestClient, db: Database, tenant: TenantFixture, caplog: pytest.LogCaptureFixture,
+    client: TestClient,
+    db: Database,
+    tenant: TenantFixture,
+    caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
     """A correctly signed body that is no provider message: 400 `malformed`."""
     request = _signed_garbage(route, tenant.id)
-    assert_refused(client, caplog, lambda: post(client, request), status=400,
-                   channel=CHANNEL_LABEL[route], reason="malformed")
+    assert_refused(
+        client,
+        caplog,
+        lambda: post(client, request),
+        status=400,
+        channel=CHANNEL_LABEL[route],
+        reason="malformed",
+    )
     assert stored(db, tenant.id) == []
 
 
@@ -338,25 +420,42 @@ def _chunks(total: int, size: int = MIB) -> Iterator[bytes]:
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_body_over_the_limit_is_413_however_it_is_sent(
-    client: TestClient, db: Database, tenant: TenantFixture, caplog: pytest.LogCaptureFixture,
+    client: TestClient,
+    db: Database,
+    tenant: TenantFixture,
+    caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
     """Over 1 MiB (email 25 MiB) is 413 whether declared, chunked or understated; at it, not."""
     limit, path = LIMIT[route], f"/webhooks/{tenant.id}/{route}"
     channel = CHANNEL_LABEL[route]
     declared = assert_refused(
-        client, caplog, lambda: client.post(path, content=b"x" * (limit + 1)),
-        status=413, channel=channel, reason="too_large")
+        client,
+        caplog,
+        lambda: client.post(path, content=b"x" * (limit + 1)),
+        status=413,
+        channel=channel,
+        reason="too_large",
+    )
     assert "bytes" in declared.json()["detail"]
     # A generator body goes out chunked, with no Content-Length to check up front.
     chunked = assert_refused(
-        client, caplog, lambda: client.post(path, content=_chunks(limit + 1)),
-        status=413, channel=channel, reason="too_large")
+        client,
+        caplog,
+        lambda: client.post(path, content=_chunks(limit + 1)),
+        status=413,
+        channel=channel,
+        reason="too_large",
+    )
     assert chunked.json()["detail"] == declared.json()["detail"]
     assert_refused(
-        client, caplog,
+        client,
+        caplog,
         lambda: client.post(path, content=_chunks(limit + 1), headers={"content-length": "10"}),
-        status=413, channel=channel, reason="too_large")
+        status=413,
+        channel=channel,
+        reason="too_large",
+    )
     at_limit = client.post(path, content=_chunks(limit))
     assert at_limit.status_code in {400, 403}
     assert stored(db, tenant.id) == []
@@ -370,15 +469,24 @@ def test_whatsapp_subscription_challenge_is_echoed_as_plain_text(
 ) -> None:
     """Meta's GET with the right verify token gets the challenge back; a wrong one 403."""
     path = f"/webhooks/{tenant.id}/whatsapp"
-    query = {"hub.mode": "subscribe", "hub.verify_token": SECRETS["whatsapp_verify_token"],
-             "hub.challenge": "1158201444"}
+    query = {
+        "hub.mode": "subscribe",
+        "hub.verify_token": SECRETS["whatsapp_verify_token"],
+        "hub.challenge": "1158201444",
+    }
     response = client.get(path, params=query)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert response.text == "1158201444"
     wrong = {**query, "hub.verify_token": "guess"}
-    assert_refused(client, caplog, lambda: client.get(path, params=wrong), status=403,
-                   channel="whatsapp", reason="signature")
+    assert_refused(
+        client,
+        caplog,
+        lambda: client.get(path, params=wrong),
+        status=403,
+        channel="whatsapp",
+        reason="signature",
+    )
     assert stored(db, tenant.id) == []
 
 
@@ -390,15 +498,19 @@ def test_mailgun_token_is_single_use(
     request = mailgun_signed(payload, tenant.id, token="tok" + uuid.uuid4().hex)
     assert post(client, request).status_code == 200
     [row] = stored(db, tenant.id)
-    assert_refused(client, caplog, lambda: post(client, request), status=403,
-                   channel="email", reason="replay")
+    assert_refused(
+        client, caplog, lambda: post(client, request), status=403, channel="email", reason="replay"
+    )
     # The signature covers only timestamp+token, so a thief could pair it with a new message.
     fields = dict(parse_qsl(request.body.decode()))
-    forged_form = {**mailgun_form(address="mallory@example.com", name="Mallory"),
-                   **{k: fields[k] for k in ("timestamp", "token", "signature")}}
+    forged_form = {
+        **mailgun_form(address="mallory@example.com", name="Mallory"),
+        **{k: fields[k] for k in ("timestamp", "token", "signature")},
+    }
     forged = SignedRequest(request.path, request.headers, urlencode(forged_form).encode())
-    assert_refused(client, caplog, lambda: post(client, forged), status=403,
-                   channel="email", reason="replay")
+    assert_refused(
+        client, caplog, lambda: post(client, forged), status=403, channel="email", reason="replay"
+    )
     assert [r.id for r in stored(db, tenant.id)] == [row.id]
 
 
@@ -408,8 +520,9 @@ def test_mailgun_stale_timestamp_is_403(
     """A correctly signed Mailgun request minted 16 minutes ago is refused as a replay."""
     payload, _ = fresh_message("email/mailgun")
     request = mailgun_signed(payload, tenant.id, timestamp=int(time.time()) - 16 * 60)
-    assert_refused(client, caplog, lambda: post(client, request), status=403,
-                   channel="email", reason="replay")
+    assert_refused(
+        client, caplog, lambda: post(client, request), status=403, channel="email", reason="replay"
+    )
     assert stored(db, tenant.id) == []
     fresh = mailgun_signed(payload, tenant.id, timestamp=int(time.time()) - 14 * 60)
     assert post(client, fresh).status_code == 200
@@ -420,8 +533,7 @@ def test_mailgun_stale_timestamp_is_403(
 
 def _twilio_app(db: Database, settings: Settings, **changes: Any) -> TestClient:
     changed = Settings(**{**settings.model_dump(), **changes})  # validated, as from the env
-    return TestClient(create_app(changed, db=db),
-                      raise_server_exceptions=False)
+    return TestClient(create_app(changed, db=db), raise_server_exceptions=False)
 
 
 def test_twilio_signature_is_checked_against_the_public_url(
@@ -432,30 +544,51 @@ def test_twilio_signature_is_checked_against_the_public_url(
     payload = twilio_sms(phone="+14155550199")
     public = signed("twilio", payload, tenant_id=tenant.id, base_url="https://intake.example.com")
     local = signed("twilio", payload, tenant_id=tenant.id, base_url=BASE)
-    assert_refused(client, caplog, lambda: post(client, local), status=403, channel="twilio",
-                   reason="signature")
+    assert_refused(
+        client,
+        caplog,
+        lambda: post(client, local),
+        status=403,
+        channel="twilio",
+        reason="signature",
+    )
     assert post(client, public).status_code == 200
     assert len(stored(db, tenant.id)) == 1
 
 
 @pytest.mark.parametrize("trust_proxy", [True, False])
 def test_twilio_forwarded_url_counts_only_behind_a_trusted_proxy(
-    db: Database, settings: Settings, tenant: TenantFixture, caplog: pytest.LogCaptureFixture,
+    db: Database,
+    settings: Settings,
+    tenant: TenantFixture,
+    caplog: pytest.LogCaptureFixture,
     trust_proxy: bool,
 ) -> None:
     """X-Forwarded-Proto/Host form the signed URL with INTAKE_TRUST_PROXY=1, and not with 0."""
     # Untrusted, the headers would let anyone choose the URL a signature is checked against.
     client = _twilio_app(db, settings, trust_proxy=trust_proxy)
-    request = signed("twilio", twilio_sms(phone="+14155550198"), tenant_id=tenant.id,
-                     base_url="https://hooks.example.org")
-    forwarded = {"x-forwarded-proto": "https, http",
-                 "x-forwarded-host": "hooks.example.org, proxy.internal"}
+    request = signed(
+        "twilio",
+        twilio_sms(phone="+14155550198"),
+        tenant_id=tenant.id,
+        base_url="https://hooks.example.org",
+    )
+    forwarded = {
+        "x-forwarded-proto": "https, http",
+        "x-forwarded-host": "hooks.example.org, proxy.internal",
+    }
     if trust_proxy:
         assert post(client, request, **forwarded).status_code == 200
         assert len(stored(db, tenant.id)) == 1
     else:
-        assert_refused(client, caplog, lambda: post(client, request, **forwarded), status=403,
-                       channel="twilio", reason="signature")
+        assert_refused(
+            client,
+            caplog,
+            lambda: post(client, request, **forwarded),
+            status=403,
+            channel="twilio",
+            reason="signature",
+        )
         assert stored(db, tenant.id) == []
 
 
@@ -471,7 +604,10 @@ def _read_only(db: Database) -> Database:
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_unwritable_database_is_503_and_the_retry_is_accepted(
-    db: Database, settings: Settings, tenant: TenantFixture, caplog: pytest.LogCaptureFixture,
+    db: Database,
+    settings: Settings,
+    tenant: TenantFixture,
+    caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
     """An uncommittable message is 503 `unavailable`, nothing kept; the same retry then works."""
@@ -480,8 +616,14 @@ def test_unwritable_database_is_503_and_the_retry_is_accepted(
         client = TestClient(create_app(settings, db=read_only), raise_server_exceptions=False)
         payload, _ = fresh_message(route)
         request = signed(route, payload, tenant_id=tenant.id, base_url=BASE)
-        refused = assert_refused(client, caplog, lambda: post(client, request), status=503,
-                                 channel=CHANNEL_LABEL[route], reason="unavailable")
+        refused = assert_refused(
+            client,
+            caplog,
+            lambda: post(client, request),
+            status=503,
+            channel=CHANNEL_LABEL[route],
+            reason="unavailable",
+        )
         assert "unavailable" in refused.json()["detail"]
         assert stored(db, tenant.id) == []
     finally:
@@ -503,8 +645,10 @@ def test_unreachable_database_is_503_on_every_route(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With PostgreSQL unreachable, every route answers 503 `unavailable`, counted and logged."""
-    down = Database(f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/intake",
-                    connect_args={"connect_timeout": 2})
+    down = Database(
+        f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/intake",
+        connect_args={"connect_timeout": 2},
+    )
     settings = Settings(database_url=down.url, broker_url=f"sqla+sqlite:///{tmp_path}/b.db")
     app = create_app(settings, db=down)
     client = TestClient(app, raise_server_exceptions=False)
@@ -520,66 +664,142 @@ def test_unreachable_database_is_503_on_every_route(
             "intake_webhooks_rejected_total",
             {"channel": CHANNEL_LABEL[route], "reason": "unavailable"},
         ) == (2.0 if route == "email/raw" else 1.0)  # mailgun and raw share `email`
-        assert [getattr(r, "reason", None) for r in caplog.records
-                if r.getMessage() == "webhook.rejected"] == ["unavailable"]
+        assert [
+            getattr(r, "reason", None)
+            for r in caplog.records
+            if r.getMessage() == "webhook.rejected"
+        ] == ["unavailable"]
     down.dispose()
 
 
 # --- never a 500 ---------------------------------------------------------------------------
 
 HEADER_NAMES = [
-    "content-type", "x-twilio-signature", "x-hub-signature-256",
-    "x-telegram-bot-api-secret-token", "x-intake-signature", "x-forwarded-host",
-    "x-forwarded-proto", "x-request-id", "i-twilio-idempotency-token",
+    "content-type",
+    "x-twilio-signature",
+    "x-hub-signature-256",
+    "x-telegram-bot-api-secret-token",
+    "x-intake-signature",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+    "i-twilio-idempotency-token",
 ]
 header_values = st.text(alphabet=string.printable.strip() + " ", max_size=80)
-CONTENT_TYPES = st.sampled_from([
-    "application/json", "application/x-www-form-urlencoded", "message/rfc822",
-    "multipart/form-data; boundary=xyz", "multipart/form-data", "text/plain; charset=utf-9",
-])
+CONTENT_TYPES = st.sampled_from(
+    [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "message/rfc822",
+        "multipart/form-data; boundary=xyz",
+        "multipart/form-data",
+        "text/plain; charset=utf-9",
+    ]
+)
 ALLOWED = {200, 400, 403, 404, 413}
 FUZZ = hypothesis_settings(
-    max_examples=40, deadline=None,
+    max_examples=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
 
 @pytest.mark.parametrize("route", ROUTES)
 @FUZZ
-@given(body=st.binary(max_size=2048),
-       headers=st.dictionaries(st.sampled_from(HEADER_NAMES), header_values, max_size=5),
-       content_type=CONTENT_TYPES,
-       which=st.sampled_from(["tenant", "unknown", "garbage"]),
-       query=st.dictionaries(st.sampled_from(["hub.mode", "hub.verify_token", "hub.challenge",
-                                              "x"]), header_values, max_size=3))
+@given(
+    body=st.binary(max_size=2048),
+    headers=st.dictionaries(st.sampled_from(HEADER_NAMES), header_values, max_size=5),
+    content_type=CONTENT_TYPES,
+    which=st.sampled_from(["tenant", "unknown", "garbage"]),
+    query=st.dictionaries(
+        st.sampled_from(["hub.mode", "hub.verify_token", "hub.challenge", "x"]),
+        header_values,
+        max_size=3,
+    ),
+)
 def test_arbitrary_requests_never_get_a_500(
-    client: TestClient, tenant: TenantFixture, route: str, body: bytes,
-    headers: dict[str, str], content_type: str, which: str, query: dict[str, str],
+    client: TestClient,
+    tenant: TenantFixture,
+    route: str,
+    body: bytes,
+    headers: dict[str, str],
+    content_type: str,
+    which: str,
+    query: dict[str, str],
 ) -> None:
     """Any bytes and headers, to any tenant id: always one of 200, 400, 403, 404, 413."""
-    tenant_id = {"tenant": str(tenant.id), "unknown": str(uuid.uuid4()),
-                 "garbage": "%20x"}[which]
+    tenant_id = {"tenant": str(tenant.id), "unknown": str(uuid.uuid4()), "garbage": "%20x"}[which]
     path = f"/webhooks/{tenant_id}/{route}"
-    response = client.post(path, content=body, params=query,
-                           headers={"content-type": content_type, **headers})
+    response = client.post(
+        path, content=body, params=query, headers={"content-type": content_type, **headers}
+    )
     assert response.status_code in ALLOWED, response.text
     if route == "whatsapp":
         assert client.get(path, params=query, headers=headers).status_code in ALLOWED
 
 
 form_fields = st.dictionaries(
-    st.sampled_from(["MessageSid", "From", "Body", "NumMedia", "MediaUrl0", "MessageStatus",
-                     "SmsStatus", "WaId", "ProfileName", "Latitude", "Longitude", "from",
-                     "sender", "subject", "Message-Id", "message-headers", "attachments",
-                     "body-plain", "stripped-text", "Content-Type", "Auto-Submitted"]),
-    st.text(max_size=60), max_size=8)
+    st.sampled_from(
+        [
+            "MessageSid",
+            "From",
+            "Body",
+            "NumMedia",
+            "MediaUrl0",
+            "MessageStatus",
+            "SmsStatus",
+            "WaId",
+            "ProfileName",
+            "Latitude",
+            "Longitude",
+            "from",
+            "sender",
+            "subject",
+            "Message-Id",
+            "message-headers",
+            "attachments",
+            "body-plain",
+            "stripped-text",
+            "Content-Type",
+            "Auto-Submitted",
+        ]
+    ),
+    st.text(max_size=60),
+    max_size=8,
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["object", "entry", "changes", "value", "messages", "contacts", "from",
-                         "id", "type", "text", "body", "message", "chat", "date", "message_id",
-                         "update_id", "is_bot", "first_name", "timestamp", "field"]),
-        inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "object",
+                    "entry",
+                    "changes",
+                    "value",
+                    "messages",
+                    "contacts",
+                    "from",
+                    "id",
+                    "type",
+                    "text",
+                    "body",
+                    "message",
+                    "chat",
+                    "date",
+                    "message_id",
+                    "update_id",
+                    "is_bot",
+                    "first_name",
+                    "timestamp",
+                    "field",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
     max_leaves=20,
 )
 
@@ -609,13 +829,24 @@ def test_correctly_signed_nonsense_never_gets_a_500(
     """Signed forms, JSON and bytes of any shape reach the parsers: 200, 400 or 403, no 500."""
     if route in {"twilio", "email/mailgun"}:
         form = data.draw(form_fields)
-        request = (signed(route, form, tenant_id=tenant.id, base_url=BASE) if route == "twilio"
-                   else mailgun_signed(form, tenant.id))
+        request = (
+            signed(route, form, tenant_id=tenant.id, base_url=BASE)
+            if route == "twilio"
+            else mailgun_signed(form, tenant.id)
+        )
     elif route == "email/raw":
-        body = data.draw(st.one_of(
-            st.binary(max_size=2048),
-            st.text(max_size=200).map(lambda t: f"From: {t}\r\nMessage-ID: <{t}>\r\n"
-                                      f"Subject: {t}\r\n\r\n{t}".encode("utf-8", "surrogatepass"))))
+        body = data.draw(
+            st.one_of(
+                st.binary(max_size=2048),
+                st.text(max_size=200).map(
+                    lambda t: (
+                        f"From: {t}\r\nMessage-ID: <{t}>\r\nSubject: {t}\r\n\r\n{t}".encode(
+                            "utf-8", "surrogatepass"
+                        )
+                    )
+                ),
+            )
+        )
         request = sign_bytes(route, body, tenant.id)
     else:
         payload = fresh_message(route)[0]

@@ -39,8 +39,12 @@ WAIT_SECONDS = 20.0
 @pytest.fixture(scope="module")
 def server(postgres_url: str, redis_url: str) -> Iterator[BackgroundServer]:
     """The app as production runs it: PostgreSQL, Redis broker and locks, on a loopback port."""
-    settings = Settings(database_url=postgres_url, broker_url=redis_url, redis_url=redis_url,
-                        reconcile_after_seconds=2)
+    settings = Settings(
+        database_url=postgres_url,
+        broker_url=redis_url,
+        redis_url=redis_url,
+        reconcile_after_seconds=2,
+    )
     served = BackgroundServer(create_app(settings))
     served.start()
     yield served
@@ -48,10 +52,12 @@ def server(postgres_url: str, redis_url: str) -> Iterator[BackgroundServer]:
 
 
 @pytest.fixture(scope="module")
-def worker(postgres_url: str, redis_url: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
-    workers = Workers(worker_env(postgres_url, redis_url, redis_url),
-                      tmp_path_factory.mktemp("webhook-worker"))
+def worker(
+    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Workers]:
+    workers = Workers(
+        worker_env(postgres_url, redis_url, redis_url), tmp_path_factory.mktemp("webhook-worker")
+    )
     workers.start(1)
     yield workers
     workers.kill_all()
@@ -89,33 +95,56 @@ def snapshot(http: httpx.Client, tenant: TenantFixture) -> Snapshot:
     return seen
 
 
-def contacts_with_messages(http: httpx.Client, tenant: TenantFixture, worker: Workers,
-                           messages: int) -> Snapshot:
+def contacts_with_messages(
+    http: httpx.Client, tenant: TenantFixture, worker: Workers, messages: int
+) -> Snapshot:
     """The tenant's contacts and their messages, once `messages` of them are visible."""
-    wait_for(lambda: sum(len(found) for _, found in snapshot(http, tenant)) >= messages,
-             timeout=WAIT_SECONDS,
-             what=f"{messages} message(s) through the Contacts API\n{worker.logs()}")
+    wait_for(
+        lambda: sum(len(found) for _, found in snapshot(http, tenant)) >= messages,
+        timeout=WAIT_SECONDS,
+        what=f"{messages} message(s) through the Contacts API\n{worker.logs()}",
+    )
     # Read again: the contact may have been listed just before the drain that recorded the
     # last message (and updated the contact in the same transaction) committed.
     return snapshot(http, tenant)
 
 
 def assert_contact(contact: dict[str, Any], expected: Expected) -> None:
-    assert {key: contact[key] for key in ("name", "phone", "email", "source",
-                                          "channelPreference", "language", "status", "role")
-            } == {"name": expected.name, "phone": expected.phone, "email": expected.email,
-                  "source": expected.source, "channelPreference": expected.source,
-                  "language": expected.language, "status": "prospect", "role": "prospect"}
+    assert {
+        key: contact[key]
+        for key in (
+            "name",
+            "phone",
+            "email",
+            "source",
+            "channelPreference",
+            "language",
+            "status",
+            "role",
+        )
+    } == {
+        "name": expected.name,
+        "phone": expected.phone,
+        "email": expected.email,
+        "source": expected.source,
+        "channelPreference": expected.source,
+        "language": expected.language,
+        "status": "prospect",
+        "role": "prospect",
+    }
 
 
-@pytest.mark.parametrize(("route", "via_whatsapp"), [
-    pytest.param("twilio", False, id="twilio-sms"),
-    pytest.param("twilio", True, id="twilio-whatsapp"),
-    pytest.param("whatsapp", False, id="meta-whatsapp"),
-    pytest.param("telegram", False, id="telegram"),
-    pytest.param("email/mailgun", False, id="mailgun"),
-    pytest.param("email/raw", False, id="raw-email"),
-])
+@pytest.mark.parametrize(
+    ("route", "via_whatsapp"),
+    [
+        pytest.param("twilio", False, id="twilio-sms"),
+        pytest.param("twilio", True, id="twilio-whatsapp"),
+        pytest.param("whatsapp", False, id="meta-whatsapp"),
+        pytest.param("telegram", False, id="telegram"),
+        pytest.param("email/mailgun", False, id="mailgun"),
+        pytest.param("email/raw", False, id="raw-email"),
+    ],
+)
 def test_signed_webhook_becomes_a_contact_with_its_message(
     http: httpx.Client, tenant: TenantFixture, worker: Workers, route: str, via_whatsapp: bool
 ) -> None:
@@ -138,8 +167,12 @@ def test_sms_then_whatsapp_from_one_number_is_one_contact(
     phone = f"+1415{unique_digits(7)}"
     deliver(http, tenant, "twilio", twilio_sms(phone=phone, body="Is the flat available?"))
     contacts_with_messages(http, tenant, worker, messages=1)
-    deliver(http, tenant, "whatsapp", meta_whatsapp(phone=phone, name="Sheena Nelson",
-                                                    text="Can I see it Saturday?"))
+    deliver(
+        http,
+        tenant,
+        "whatsapp",
+        meta_whatsapp(phone=phone, name="Sheena Nelson", text="Can I see it Saturday?"),
+    )
     [(contact, messages)] = contacts_with_messages(http, tenant, worker, messages=2)
     assert (contact["phone"], contact["source"]) == (phone, "sms")
     assert contact["name"] == "Sheena Nelson"  # a display name replaces the stand-in phone

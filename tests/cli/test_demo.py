@@ -62,9 +62,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_")}
     env.update(PYTHONPATH=str(ROOT), TMPDIR=str(tmp))
     # Its own session, so whatever it starts is found by session id after it exits.
-    proc = subprocess.Popen([sys.executable, "-m", "intake", "demo"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "intake", "demo"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -74,8 +80,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     for pid in left:  # reported by the test below; never left running after the test run
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    return DemoRun(proc.returncode, stdout, stderr, [f"{p} {c}" for p, c in left.items()],
-                   sorted(cwd.rglob("*")), sorted(tmp.rglob("*")))
+    return DemoRun(
+        proc.returncode,
+        stdout,
+        stderr,
+        [f"{p} {c}" for p, c in left.items()],
+        sorted(cwd.rglob("*")),
+        sorted(tmp.rglob("*")),
+    )
 
 
 def test_demo_makes_and_prints_the_five_sample_contacts(demo: DemoRun) -> None:
@@ -101,8 +113,9 @@ def test_demo_leaves_no_process_and_no_file_behind(demo: DemoRun) -> None:
 def test_a_process_left_in_a_session_is_found(tmp_path: Path) -> None:
     """The check above can fail: a child still running in a session, or naming the folder, is
     found."""
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path)],
-                               start_new_session=True)
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path)], start_new_session=True
+    )
     try:
         assert sleeper.pid in _processes_left(sleeper.pid, ())
         assert sleeper.pid in _processes_left(-1, (tmp_path,))

@@ -28,10 +28,17 @@ def store(db: Database, tenant_id: uuid.UUID, *messages: InboundMessage) -> list
         return store_messages(session, tenant_id=tenant_id, messages=messages)
 
 
-def drain(db: Database, tenant_id: uuid.UUID, *, max_attempts: int = 5,
-          batch_size: int = 200) -> DrainResult:
-    return drain_tenant(db, LocalTenantLocks(wait_seconds=5), tenant_id=tenant_id,
-                        batch_size=batch_size, max_attempts=max_attempts, budget_seconds=60)
+def drain(
+    db: Database, tenant_id: uuid.UUID, *, max_attempts: int = 5, batch_size: int = 200
+) -> DrainResult:
+    return drain_tenant(
+        db,
+        LocalTenantLocks(wait_seconds=5),
+        tenant_id=tenant_id,
+        batch_size=batch_size,
+        max_attempts=max_attempts,
+        budget_seconds=60,
+    )
 
 
 def ingest(db: Database, tenant_id: uuid.UUID, *messages: InboundMessage) -> DrainResult:
@@ -41,10 +48,13 @@ def ingest(db: Database, tenant_id: uuid.UUID, *messages: InboundMessage) -> Dra
 
 def live_contacts(db: Database, tenant_id: uuid.UUID) -> list[Contact]:
     with db.sessions() as session:
-        return list(session.scalars(
-            select(Contact).where(Contact.tenant_id == tenant_id, Contact.deleted_at.is_(None))
-            .order_by(Contact.created_at, Contact.id)
-        ))
+        return list(
+            session.scalars(
+                select(Contact)
+                .where(Contact.tenant_id == tenant_id, Contact.deleted_at.is_(None))
+                .order_by(Contact.created_at, Contact.id)
+            )
+        )
 
 
 def message_rows(db: Database, tenant_id: uuid.UUID) -> list[Message]:
@@ -54,7 +64,11 @@ def message_rows(db: Database, tenant_id: uuid.UUID) -> list[Message]:
 
 def identity_count(db: Database, tenant_id: uuid.UUID) -> int:
     with db.sessions() as session:
-        return session.scalar(
-            select(func.count()).select_from(ContactIdentity)
-            .where(ContactIdentity.tenant_id == tenant_id)
-        ) or 0
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(ContactIdentity)
+                .where(ContactIdentity.tenant_id == tenant_id)
+            )
+            or 0
+        )

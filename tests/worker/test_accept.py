@@ -34,8 +34,9 @@ def test_accept_stores_pending_rows_and_counts_duplicates(
     """New messages are stored pending; a redelivery is counted as a duplicate, not stored."""
     tenant = make_tenant(db)
     first, second = inbound("sms", phone="+14155550120"), inbound("sms", phone="+14155550121")
-    result = accept(db, redis_dispatcher, tenant_id=tenant.id, messages=[first, second],
-                    request_id="req-1")
+    result = accept(
+        db, redis_dispatcher, tenant_id=tenant.id, messages=[first, second], request_id="req-1"
+    )
     again = accept(db, redis_dispatcher, tenant_id=tenant.id, messages=[first])
     assert (result.new, result.duplicates, again.new, again.duplicates) == (2, 0, 0, 1)
     rows = message_rows(db, tenant.id)
@@ -65,18 +66,29 @@ def test_replayed_nonce_is_refused_and_stores_nothing(
 ) -> None:
     """A used nonce raises NonceReplayedError and its messages are not stored."""
     tenant = make_tenant(db)
-    accept(db, redis_dispatcher, tenant_id=tenant.id, messages=[inbound("email",
-           email="a@example.com")], nonce=("mailgun", "tok-1"))
+    accept(
+        db,
+        redis_dispatcher,
+        tenant_id=tenant.id,
+        messages=[inbound("email", email="a@example.com")],
+        nonce=("mailgun", "tok-1"),
+    )
     with pytest.raises(NonceReplayedError):
-        accept(db, redis_dispatcher, tenant_id=tenant.id,
-               messages=[inbound("email", email="b@example.com")], nonce=("mailgun", "tok-1"))
+        accept(
+            db,
+            redis_dispatcher,
+            tenant_id=tenant.id,
+            messages=[inbound("email", email="b@example.com")],
+            nonce=("mailgun", "tok-1"),
+        )
     assert len(message_rows(db, tenant.id)) == 1
 
 
 def test_unwritable_database_is_unavailable(redis_dispatcher: Dispatcher) -> None:
     """A database that cannot be reached raises AcceptUnavailableError (the webhook's 503)."""
-    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
-                    connect_args={"connect_timeout": 2})
+    down = Database(
+        "postgresql+psycopg://postgres@127.0.0.1:1/nowhere", connect_args={"connect_timeout": 2}
+    )
     with pytest.raises(AcceptUnavailableError):
         accept(down, redis_dispatcher, tenant_id=uuid.uuid4(), messages=[inbound("sms")])
 
@@ -88,8 +100,12 @@ def test_failed_dispatch_after_commit_keeps_the_message(db: Database) -> None:
     app = make_celery(settings)
     app.conf.broker_connection_timeout = 1
     app.conf.broker_transport_options = {"max_retries": 0}
-    result = accept(db, Dispatcher(settings, app), tenant_id=tenant.id,
-                    messages=[inbound("sms", phone="+14155550122")])
+    result = accept(
+        db,
+        Dispatcher(settings, app),
+        tenant_id=tenant.id,
+        messages=[inbound("sms", phone="+14155550122")],
+    )
     assert result.new == 1
     assert [r.state for r in message_rows(db, tenant.id)] == ["pending"]
 
@@ -100,8 +116,9 @@ def test_overlong_provider_id_is_stored_hashed_and_still_deduplicated(
     """A provider id longer than the column is stored as its hash; a redelivery is a duplicate."""
     tenant = make_tenant(db)
     message = inbound("email", email="x@example.com", provider_message_id="<" + "a" * 400 + ">")
-    first = accept(db, redis_dispatcher, tenant_id=tenant.id, messages=[message],
-                   request_id="r" * 100)
+    first = accept(
+        db, redis_dispatcher, tenant_id=tenant.id, messages=[message], request_id="r" * 100
+    )
     again = accept(db, redis_dispatcher, tenant_id=tenant.id, messages=[message])
     assert (first.new, again.duplicates) == (1, 1)
     [row] = message_rows(db, tenant.id)

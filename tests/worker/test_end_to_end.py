@@ -62,7 +62,10 @@ class Workers:
             log = (self.cwd / f"worker-{len(self.procs)}.log").open("wb")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "intake", "worker", "--concurrency", "1"],
-                env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
             self.procs.append(proc)
@@ -79,12 +82,14 @@ class Workers:
             self.kill(proc)
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:]
-                         for p in sorted(self.cwd.glob("worker-*.log")))
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in sorted(self.cwd.glob("worker-*.log"))
+        )
 
 
-def worker_env(database_url: str, broker_url: str = "", redis_url: str = "",
-               **extra: str) -> dict[str, str]:
+def worker_env(
+    database_url: str, broker_url: str = "", redis_url: str = "", **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_")}
     env["PYTHONPATH"] = str(REPO)
     env["INTAKE_DATABASE_URL"] = database_url
@@ -92,14 +97,16 @@ def worker_env(database_url: str, broker_url: str = "", redis_url: str = "",
         env["INTAKE_BROKER_URL"] = broker_url
     if redis_url:
         env["INTAKE_REDIS_URL"] = redis_url
-    env.update({
-        "INTAKE_RECONCILE_AFTER_SECONDS": "2",
-        "INTAKE_RECONCILE_EVERY_SECONDS": "1",
-        "INTAKE_LOCK_LEASE_SECONDS": "5",
-        "INTAKE_LOCK_WAIT_SECONDS": "3",
-        "INTAKE_MAX_ATTEMPTS": "3",
-        "INTAKE_BATCH_SIZE": "50",
-    })
+    env.update(
+        {
+            "INTAKE_RECONCILE_AFTER_SECONDS": "2",
+            "INTAKE_RECONCILE_EVERY_SECONDS": "1",
+            "INTAKE_LOCK_LEASE_SECONDS": "5",
+            "INTAKE_LOCK_WAIT_SECONDS": "3",
+            "INTAKE_MAX_ATTEMPTS": "3",
+            "INTAKE_BATCH_SIZE": "50",
+        }
+    )
     env.update(extra)
     return env
 
@@ -113,12 +120,21 @@ def pg_workers(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Wo
 
 @pytest.fixture
 def pg_settings(postgres_url: str, redis_url: str) -> Settings:
-    return Settings(database_url=postgres_url, broker_url=redis_url, redis_url=redis_url,
-                    reconcile_after_seconds=2)
+    return Settings(
+        database_url=postgres_url,
+        broker_url=redis_url,
+        redis_url=redis_url,
+        reconcile_after_seconds=2,
+    )
 
 
-def accept_twice_from_threads(db: Database, settings: Settings, tenant_id: uuid.UUID,
-                              messages: Sequence[InboundMessage], threads: int = 8) -> None:
+def accept_twice_from_threads(
+    db: Database,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    messages: Sequence[InboundMessage],
+    threads: int = 8,
+) -> None:
     """Every message accepted twice (a provider's redelivery), from `threads` threads at once."""
     calls = [m for m in messages for _ in range(2)]
     errors: list[BaseException] = []
@@ -141,12 +157,19 @@ def accept_twice_from_threads(db: Database, settings: Settings, tenant_id: uuid.
 
 def handled_count(db: Database, tenant_id: uuid.UUID) -> int:
     with db.sessions() as session:
-        return session.scalar(select(func.count()).select_from(Message).where(
-            Message.tenant_id == tenant_id, Message.state == "handled")) or 0
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.tenant_id == tenant_id, Message.state == "handled")
+            )
+            or 0
+        )
 
 
-def assert_exact_outcome(db: Database, tenant_id: uuid.UUID, persons: list[Person],
-                         messages: Sequence[InboundMessage]) -> None:
+def assert_exact_outcome(
+    db: Database, tenant_id: uuid.UUID, persons: list[Person], messages: Sequence[InboundMessage]
+) -> None:
     contacts = live_contacts(db, tenant_id)
     assert sorted(c.phone or c.email or "" for c in contacts) == sorted(p.key for p in persons)
     rows = message_rows(db, tenant_id)
@@ -167,8 +190,11 @@ def test_concurrent_accepts_into_two_workers_make_exact_contacts(
     persons, messages = crowd()
     pg_workers.start(2)
     accept_twice_from_threads(postgres_db, pg_settings, tenant.id, messages)
-    wait_for(lambda: handled_count(postgres_db, tenant.id) == 600, timeout=40,
-             what="600 handled messages\n" + pg_workers.logs())
+    wait_for(
+        lambda: handled_count(postgres_db, tenant.id) == 600,
+        timeout=40,
+        what="600 handled messages\n" + pg_workers.logs(),
+    )
     assert_exact_outcome(postgres_db, tenant.id, persons, messages)
     telegram = [c for c in live_contacts(postgres_db, tenant.id) if c.source == "telegram"]
     assert {c.language for c in telegram} <= {"es"}
@@ -181,21 +207,30 @@ def test_worker_killed_mid_drain_loses_and_doubles_nothing(
     tenant = make_tenant(postgres_db)
     persons, messages = crowd()
     first, _second = pg_workers.start(2)
-    accepting = threading.Thread(target=accept_twice_from_threads,
-                                 args=(postgres_db, pg_settings, tenant.id, messages))
+    accepting = threading.Thread(
+        target=accept_twice_from_threads, args=(postgres_db, pg_settings, tenant.id, messages)
+    )
     accepting.start()
-    wait_for(lambda: handled_count(postgres_db, tenant.id) > 0, timeout=30,
-             what="the first handled message")
+    wait_for(
+        lambda: handled_count(postgres_db, tenant.id) > 0,
+        timeout=30,
+        what="the first handled message",
+    )
     pg_workers.kill(first)
     pg_workers.start(1)
     accepting.join(timeout=60)
-    wait_for(lambda: handled_count(postgres_db, tenant.id) == 600, timeout=60,
-             what="600 handled messages\n" + pg_workers.logs())
+    wait_for(
+        lambda: handled_count(postgres_db, tenant.id) == 600,
+        timeout=60,
+        what="600 handled messages\n" + pg_workers.logs(),
+    )
     assert_exact_outcome(postgres_db, tenant.id, persons, messages)
 
 
 def test_lost_queue_is_reconciled(
-    postgres_db: Database, pg_settings: Settings, pg_workers: Workers,
+    postgres_db: Database,
+    pg_settings: Settings,
+    pg_workers: Workers,
     redis_client: redis.Redis,
 ) -> None:
     """Accepted messages whose tasks the broker lost (FLUSHDB) are ingested once each."""
@@ -205,8 +240,11 @@ def test_lost_queue_is_reconciled(
     assert redis_client.llen("intake") > 0
     redis_client.flushdb()
     pg_workers.start(2)
-    wait_for(lambda: handled_count(postgres_db, tenant.id) == 200, timeout=40,
-             what="200 handled messages\n" + pg_workers.logs())
+    wait_for(
+        lambda: handled_count(postgres_db, tenant.id) == 200,
+        timeout=40,
+        what="200 handled messages\n" + pg_workers.logs(),
+    )
     assert_exact_outcome(postgres_db, tenant.id, persons, messages)
 
 
@@ -217,11 +255,13 @@ def test_poison_message_is_parked_listed_and_replayed(
     tenant = make_tenant(postgres_db)
     good, poison = inbound("sms", phone="+14155550130"), inbound("sms", phone="+14155550131")
     dispatcher = Dispatcher(pg_settings, make_celery(pg_settings))
-    [poison_id] = accept(postgres_db, dispatcher, tenant_id=tenant.id,
-                         messages=[poison]).message_ids
+    [poison_id] = accept(
+        postgres_db, dispatcher, tenant_id=tenant.id, messages=[poison]
+    ).message_ids
     with postgres_db.unit_of_work() as session:  # corrupt it before any worker reads it
-        session.execute(update(Message).where(Message.id == poison_id)
-                        .values(payload={"channel": "sms"}))
+        session.execute(
+            update(Message).where(Message.id == poison_id).values(payload={"channel": "sms"})
+        )
     accept(postgres_db, dispatcher, tenant_id=tenant.id, messages=[good])
     pg_workers.start(1)
 
@@ -229,31 +269,53 @@ def test_poison_message_is_parked_listed_and_replayed(
         row = next(r for r in message_rows(postgres_db, tenant.id) if r.id == poison_id)
         return row.state, row.attempts
 
-    wait_for(lambda: poison_state() == ("failed", 3), timeout=40,
-             what="the poison message to be parked\n" + pg_workers.logs())
+    wait_for(
+        lambda: poison_state() == ("failed", 3),
+        timeout=40,
+        what="the poison message to be parked\n" + pg_workers.logs(),
+    )
     assert handled_count(postgres_db, tenant.id) == 1
     [event] = list_failed(postgres_db, tenant_id=tenant.id)
     assert (event.id, event.attempts) == (poison_id, 3)
     assert "KeyError" in (event.last_error or "")
 
     cli = [sys.executable, "-m", "intake", "events"]
-    listed = subprocess.run([*cli, "failed", "--tenant", str(tenant.id), "--json"],
-                            env=pg_workers.env, capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [*cli, "failed", "--tenant", str(tenant.id), "--json"],
+        env=pg_workers.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
     assert [e["id"] for e in json.loads(listed.stdout)] == [str(poison_id)]
     assert poison.text not in listed.stdout  # never the body
 
     with postgres_db.unit_of_work() as session:  # the operator fixes the cause
-        session.execute(update(Message).where(Message.id == poison_id)
-                        .values(payload=poison.to_json()))
-    replayed = subprocess.run([*cli, "replay", str(poison_id)], env=pg_workers.env,
-                              capture_output=True, text=True, timeout=60)
+        session.execute(
+            update(Message).where(Message.id == poison_id).values(payload=poison.to_json())
+        )
+    replayed = subprocess.run(
+        [*cli, "replay", str(poison_id)],
+        env=pg_workers.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert replayed.returncode == 0, replayed.stderr
-    wait_for(lambda: handled_count(postgres_db, tenant.id) == 2, timeout=30,
-             what="the replayed message to be handled\n" + pg_workers.logs())
+    wait_for(
+        lambda: handled_count(postgres_db, tenant.id) == 2,
+        timeout=30,
+        what="the replayed message to be handled\n" + pg_workers.logs(),
+    )
     assert list_failed(postgres_db, tenant_id=tenant.id) == []
-    unknown = subprocess.run([*cli, "replay", str(uuid.uuid4())], env=pg_workers.env,
-                             capture_output=True, text=True, timeout=60)
+    unknown = subprocess.run(
+        [*cli, "replay", str(uuid.uuid4())],
+        env=pg_workers.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert unknown.returncode == 1
     assert len(unknown.stderr.strip().splitlines()) == 1
 
@@ -269,13 +331,18 @@ def test_embedded_defaults_ingest_exactly(tmp_path: Path) -> None:
         tenant = make_tenant(db)
         persons, messages = crowd(people=12, per_person=5)
         # What the defaults resolve to when run from tmp_path, as the worker is.
-        settings = Settings(database_url=f"sqlite:///{tmp_path}/intake.db",
-                            broker_url=f"sqla+sqlite:///{tmp_path}/intake-broker.db",
-                            redis_url="")
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path}/intake.db",
+            broker_url=f"sqla+sqlite:///{tmp_path}/intake-broker.db",
+            redis_url="",
+        )
         accept_twice_from_threads(db, settings, tenant.id, messages, threads=4)
         workers.start(1)
-        wait_for(lambda: handled_count(db, tenant.id) == 60, timeout=60,
-                 what="60 handled messages\n" + workers.logs())
+        wait_for(
+            lambda: handled_count(db, tenant.id) == 60,
+            timeout=60,
+            what="60 handled messages\n" + workers.logs(),
+        )
         assert_exact_outcome(db, tenant.id, persons, messages)
     finally:
         workers.kill_all()
@@ -287,17 +354,21 @@ def test_embedded_worker_runs_inside_this_process(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/intake.db"
     upgrade(url)
     db = Database(url)
-    settings = Settings(database_url=url, broker_url=f"sqla+sqlite:///{tmp_path}/broker.db",
-                        redis_url="")
+    settings = Settings(
+        database_url=url, broker_url=f"sqla+sqlite:///{tmp_path}/broker.db", redis_url=""
+    )
     worker = start_embedded_worker(settings)
     try:
         tenant = make_tenant(db)
         dispatcher = Dispatcher(settings, worker.app)
         for n in range(5):
-            accept(db, dispatcher, tenant_id=tenant.id,
-                   messages=[inbound("sms", phone=f"+1415555{n:04d}")])
-        wait_for(lambda: handled_count(db, tenant.id) == 5, timeout=30,
-                 what="5 handled messages")
+            accept(
+                db,
+                dispatcher,
+                tenant_id=tenant.id,
+                messages=[inbound("sms", phone=f"+1415555{n:04d}")],
+            )
+        wait_for(lambda: handled_count(db, tenant.id) == 5, timeout=30, what="5 handled messages")
         assert len(live_contacts(db, tenant.id)) == 5
     finally:
         worker.stop()

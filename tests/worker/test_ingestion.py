@@ -23,11 +23,14 @@ from tests.worker.helpers import (
 def test_new_sender_becomes_a_prospect_of_the_channel(db: Database) -> None:
     """A new sender is a contact with source and channelPreference = channel, prospect, 'en'."""
     tenant = make_tenant(db)
-    result = ingest(db, tenant.id, inbound("sms", phone="+14155550100",
-                                           display_name="Ana Lima"))
+    result = ingest(db, tenant.id, inbound("sms", phone="+14155550100", display_name="Ana Lima"))
     [contact] = live_contacts(db, tenant.id)
     assert (contact.name, contact.phone, contact.source, contact.channel_preference) == (
-        "Ana Lima", "+14155550100", "sms", "sms")
+        "Ana Lima",
+        "+14155550100",
+        "sms",
+        "sms",
+    )
     assert (contact.status, contact.role, contact.language) == ("prospect", "prospect", "en")
     [row] = message_rows(db, tenant.id)
     assert (row.state, row.contact_id, result.handled) == ("handled", contact.id, 1)
@@ -38,8 +41,11 @@ def test_known_phone_is_the_same_contact(db: Database) -> None:
     """A message from a phone a live contact holds is recorded on that contact."""
     tenant = make_tenant(db)
     existing = make_contact(db, tenant.id, phone="+14155550101", name="Bo", source="api")
-    ingest(db, tenant.id, inbound("whatsapp", sender_id="14155550101", phone="+14155550101",
-                                  display_name="Bo W"))
+    ingest(
+        db,
+        tenant.id,
+        inbound("whatsapp", sender_id="14155550101", phone="+14155550101", display_name="Bo W"),
+    )
     [contact] = live_contacts(db, tenant.id)
     assert contact.id == existing
     assert [m.contact_id for m in message_rows(db, tenant.id)] == [existing]
@@ -56,12 +62,14 @@ def test_known_email_is_the_same_contact(db: Database) -> None:
 def test_telegram_user_who_shares_phone_gains_it(db: Database) -> None:
     """A Telegram user known by id gains the phone they later share; still one contact."""
     tenant = make_tenant(db)
-    ingest(db, tenant.id, inbound("telegram", sender_id="777", display_name="Dee",
-                                  username="dee"))
+    ingest(db, tenant.id, inbound("telegram", sender_id="777", display_name="Dee", username="dee"))
     [before] = live_contacts(db, tenant.id)
     assert before.phone is None
-    ingest(db, tenant.id, inbound("telegram", sender_id="777", phone="447700900123",
-                                  display_name="Dee"))
+    ingest(
+        db,
+        tenant.id,
+        inbound("telegram", sender_id="777", phone="447700900123", display_name="Dee"),
+    )
     [after] = live_contacts(db, tenant.id)
     assert (after.id, after.phone) == (before.id, "+447700900123")
     assert identity_count(db, tenant.id) == 1
@@ -94,14 +102,21 @@ def test_national_variants_only_apply_on_whatsapp(db: Database) -> None:
 def test_soft_deleted_contact_stays_deleted(db: Database) -> None:
     """A message from a deleted contact's phone and sender id makes a new contact."""
     tenant = make_tenant(db)
-    ingest(db, tenant.id, inbound("whatsapp", sender_id="14155550102", phone="+14155550102",
-                                  display_name="Gus"))
+    ingest(
+        db,
+        tenant.id,
+        inbound("whatsapp", sender_id="14155550102", phone="+14155550102", display_name="Gus"),
+    )
     [old] = live_contacts(db, tenant.id)
     with db.unit_of_work() as session:
-        session.execute(update(Contact).where(Contact.id == old.id)
-                        .values(deleted_at=datetime.now(UTC)))
-    ingest(db, tenant.id, inbound("whatsapp", sender_id="14155550102", phone="+14155550102",
-                                  display_name="Gus"))
+        session.execute(
+            update(Contact).where(Contact.id == old.id).values(deleted_at=datetime.now(UTC))
+        )
+    ingest(
+        db,
+        tenant.id,
+        inbound("whatsapp", sender_id="14155550102", phone="+14155550102", display_name="Gus"),
+    )
     [new] = live_contacts(db, tenant.id)
     assert new.id != old.id
     assert new.phone == "+14155550102"
@@ -114,8 +129,16 @@ def test_soft_deleted_contact_stays_deleted(db: Database) -> None:
 def test_known_sender_fills_gaps_but_keeps_source_status_role(db: Database) -> None:
     """A known contact gains a missing email and channel, never a new source, status or role."""
     tenant = make_tenant(db)
-    existing = make_contact(db, tenant.id, phone="+14155550103", name="Hal", source="referral",
-                            status="active", role="tenant", language="de")
+    existing = make_contact(
+        db,
+        tenant.id,
+        phone="+14155550103",
+        name="Hal",
+        source="referral",
+        status="active",
+        role="tenant",
+        language="de",
+    )
     ingest(db, tenant.id, inbound("sms", phone="+14155550103", display_name="Other Name"))
     ingest(db, tenant.id, inbound("email", email="hal@example.com", phone="+14155550103"))
     [contact] = live_contacts(db, tenant.id)
@@ -140,8 +163,13 @@ def test_display_name_replaces_a_stand_in_name(db: Database) -> None:
     """A contact named by its phone (an SMS) takes the name a later WhatsApp profile gives."""
     tenant = make_tenant(db)
     ingest(db, tenant.id, inbound("sms", phone="+14155550123"))
-    ingest(db, tenant.id, inbound("whatsapp", sender_id="14155550123", phone="+14155550123",
-                                  display_name="Maria Garcia"))
+    ingest(
+        db,
+        tenant.id,
+        inbound(
+            "whatsapp", sender_id="14155550123", phone="+14155550123", display_name="Maria Garcia"
+        ),
+    )
     [contact] = live_contacts(db, tenant.id)
     assert (contact.name, contact.source) == ("Maria Garcia", "sms")
 
@@ -150,8 +178,11 @@ def test_real_name_is_never_replaced(db: Database) -> None:
     """A contact with a real name keeps it whatever name a channel shows later."""
     tenant = make_tenant(db)
     make_contact(db, tenant.id, phone="+14155550124", name="Maria G.")
-    ingest(db, tenant.id, inbound("whatsapp", sender_id="14155550124", phone="+14155550124",
-                                  display_name="mari 🌸"))
+    ingest(
+        db,
+        tenant.id,
+        inbound("whatsapp", sender_id="14155550124", phone="+14155550124", display_name="mari 🌸"),
+    )
     [contact] = live_contacts(db, tenant.id)
     assert contact.name == "Maria G."
 
@@ -159,9 +190,12 @@ def test_real_name_is_never_replaced(db: Database) -> None:
 def test_language_from_telegram_else_english(db: Database) -> None:
     """Telegram's language_code becomes the contact's language; a channel without one: 'en'."""
     tenant = make_tenant(db)
-    ingest(db, tenant.id, inbound("telegram", sender_id="901", display_name="Jo",
-                                  language="pt-br"),
-           inbound("sms", phone="+14155550105"))
+    ingest(
+        db,
+        tenant.id,
+        inbound("telegram", sender_id="901", display_name="Jo", language="pt-br"),
+        inbound("sms", phone="+14155550105"),
+    )
     languages = {c.source: c.language for c in live_contacts(db, tenant.id)}
     assert languages == {"telegram": "pt", "sms": "en"}
 
@@ -183,10 +217,13 @@ def test_redelivery_changes_nothing(db: Database) -> None:
 def test_name_falls_back_to_phone_email_then_username(db: Database) -> None:
     """Without a display name, the name is the phone, else the email, else @username."""
     tenant = make_tenant(db)
-    ingest(db, tenant.id,
-           inbound("sms", phone="+14155550107"),
-           inbound("email", email="lee@example.com"),
-           inbound("telegram", sender_id="902", username="lee_t"))
+    ingest(
+        db,
+        tenant.id,
+        inbound("sms", phone="+14155550107"),
+        inbound("email", email="lee@example.com"),
+        inbound("telegram", sender_id="902", username="lee_t"),
+    )
     names = {c.source: c.name for c in live_contacts(db, tenant.id)}
     assert names == {"sms": "+14155550107", "email": "lee@example.com", "telegram": "@lee_t"}
 
@@ -194,9 +231,12 @@ def test_name_falls_back_to_phone_email_then_username(db: Database) -> None:
 def test_same_new_sender_twice_in_one_batch_is_one_contact(db: Database) -> None:
     """Two messages of one new sender in one batch, on two channels, make one contact."""
     tenant = make_tenant(db)
-    ingest(db, tenant.id,
-           inbound("sms", phone="+14155550108", display_name="Max"),
-           inbound("whatsapp", sender_id="14155550108", phone="+14155550108"))
+    ingest(
+        db,
+        tenant.id,
+        inbound("sms", phone="+14155550108", display_name="Max"),
+        inbound("whatsapp", sender_id="14155550108", phone="+14155550108"),
+    )
     [contact] = live_contacts(db, tenant.id)
     assert {m.contact_id for m in message_rows(db, tenant.id)} == {contact.id}
 
@@ -207,8 +247,7 @@ def test_poison_message_is_parked_after_max_attempts(db: Database) -> None:
     [bad] = store(db, tenant.id, inbound("sms", phone="+14155550109"))
     store(db, tenant.id, inbound("sms", phone="+14155550110"))
     with db.unit_of_work() as session:
-        session.execute(update(Message).where(Message.id == bad)
-                        .values(payload={"channel": "sms"}))
+        session.execute(update(Message).where(Message.id == bad).values(payload={"channel": "sms"}))
     first = drain(db, tenant.id, max_attempts=2)
     assert (first.handled, first.failed, list(first.retrying)) == (1, 0, [bad])
     second = drain(db, tenant.id, max_attempts=2)

@@ -83,8 +83,11 @@ def test_stalled_holder_past_its_lease_makes_no_duplicate(
                 ingest_batch(session, tenant_id=tenant.id, rows=rows, max_attempts=5)
                 # Stall with the batch written but not committed, until the other drain
                 # holds the lock and waits on our uncommitted contacts.
-                wait_for(lambda: _waiting_on_row_locks(db) > 0, timeout=20,
-                         what="the second drain to block on our rows")
+                wait_for(
+                    lambda: _waiting_on_row_locks(db) > 0,
+                    timeout=20,
+                    what="the second drain to block on our rows",
+                )
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -92,10 +95,13 @@ def test_stalled_holder_past_its_lease_makes_no_duplicate(
 
     holder = threading.Thread(target=stalled_holder)
     holder.start()
-    wait_for(lambda: redis_client.exists(RedisTenantLocks.key(tenant.id)) == 1,
-             what="the first drain to hold the lock")
-    result = drain_tenant(db, locks, tenant_id=tenant.id, batch_size=200, max_attempts=5,
-                          budget_seconds=30)
+    wait_for(
+        lambda: redis_client.exists(RedisTenantLocks.key(tenant.id)) == 1,
+        what="the first drain to hold the lock",
+    )
+    result = drain_tenant(
+        db, locks, tenant_id=tenant.id, batch_size=200, max_attempts=5, budget_seconds=30
+    )
     holder.join(timeout=30)
     assert not errors
     assert stalled_done.is_set()
@@ -110,7 +116,11 @@ def test_stalled_holder_past_its_lease_makes_no_duplicate(
 
 def _waiting_on_row_locks(db: Database) -> int:
     with db.engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )).scalar_one())
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )

@@ -27,8 +27,13 @@ from worker.tasks import ingest_tenant_now
 @pytest.fixture
 def settings(db: Database, redis_url: str, redis_client: redis.Redis) -> Settings:
     redis_client.delete(QUEUE, DUE_KEY)
-    return Settings(database_url=db.url, broker_url=redis_url, redis_url=redis_url,
-                    reconcile_after_seconds=30, max_attempts=2)
+    return Settings(
+        database_url=db.url,
+        broker_url=redis_url,
+        redis_url=redis_url,
+        reconcile_after_seconds=30,
+        max_attempts=2,
+    )
 
 
 @pytest.fixture
@@ -55,8 +60,11 @@ def test_reconciler_wakes_tenants_with_stale_pending_rows(
     [old] = store(db, stale.id, inbound("sms", phone="+14155550140"))
     store(db, fresh.id, inbound("sms", phone="+14155550141"))
     with db.unit_of_work() as session:
-        session.execute(update(Message).where(Message.id == old)
-                        .values(accepted_at=datetime.now(UTC) - timedelta(hours=2)))
+        session.execute(
+            update(Message)
+            .where(Message.id == old)
+            .values(accepted_at=datetime.now(UTC) - timedelta(hours=2))
+        )
     redis_client.set(scheduled_key(stale.id), 1)
     reconcile(db, dispatcher, older_than_seconds=3600)
     tenants = [tenant for _, tenant, _ in queued(redis_client)]
@@ -113,7 +121,8 @@ def test_failed_events_are_listed_without_body_and_replayed(
     [row] = message_rows(db, tenant.id)
     assert (row.state, row.attempts) == ("pending", 0)
     assert ("intake.ingest_tenant", str(tenant.id)) in [
-        (name, woken) for name, woken, _ in queued(redis_client)]
+        (name, woken) for name, woken, _ in queued(redis_client)
+    ]
     assert list_failed(db, tenant_id=tenant.id) == []
 
 

@@ -36,13 +36,22 @@ def crowd(people: int = 60, per_person: int = 10) -> tuple[list[Person], list[In
             elif kind == 1:
                 messages.append(
                     inbound("whatsapp", sender_id=phone[1:], phone=phone, display_name=f"W{n}")
-                    if k % 2 else inbound("sms", phone=phone))
+                    if k % 2
+                    else inbound("sms", phone=phone)
+                )
             elif kind == 2:
                 messages.append(inbound("email", email=person.email, display_name=f"E{n}"))
             else:
                 messages.append(
-                    inbound("telegram", sender_id=str(900000 + n), phone=phone[1:],
-                            display_name=f"T{n}", language="es")
-                    if k % 2 else inbound("sms", phone=phone))
+                    inbound(
+                        "telegram",
+                        sender_id=str(900000 + n),
+                        phone=phone[1:],
+                        display_name=f"T{n}",
+                        language="es",
+                    )
+                    if k % 2
+                    else inbound("sms", phone=phone)
+                )
     random.Random(7).shuffle(messages)
     return persons, messages

@@ -18,15 +18,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
-from fastapi import FastAPI, Request, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi import FastAPI
 
 from api.errors import Problem, ProblemError
-from api.metrics import Metrics
 from intake.settings import Settings
 
 log = logging.getLogger("intake.ratelimit")
-webhook_log = logging.getLogger("intake.webhooks")  # where the other refusals are logged
 
 WINDOW_SECONDS = 60
 # Redis is asked on every request: an answer slower than this is treated as an outage.
@@ -169,31 +166,16 @@ def enforce_api_limit(app: FastAPI, *, tenant_id: uuid.UUID) -> None:
         raise ProblemError(_problem("API", limit, decision))
 
 
-async def webhook_limit_response(
-    request: Request, *, tenant_id: uuid.UUID, channel: str
-) -> Response | None:
+def webhook_limit(app: FastAPI, *, tenant_id: uuid.UUID) -> Problem | None:
     """Count one verified webhook of the tenant: None when allowed, else the 429 to answer.
 
     Called after the signature is verified, so forged requests cannot spend a tenant's
-    allowance and lock its real provider out; the refusal is counted and logged like others.
+    allowance and lock its real provider out.
     """
-    settings: Settings = request.app.state.settings
+    settings: Settings = app.state.settings
     limit = settings.rate_limit_webhooks_per_minute
-    decision = await run_in_threadpool(_check, request.app, "webhooks", limit, tenant_id)
-    if decision.allowed:
-        return None
-    metrics: Metrics = request.app.state.metrics
-    metrics.webhooks_rejected.labels(channel, "rate_limited").inc()
-    webhook_log.warning(
-        "webhook.rejected",
-        extra={
-            "channel": channel,
-            "tenant_id": str(tenant_id),
-            "status": 429,
-            "reason": "rate_limited",
-        },
-    )
-    return _problem("webhook", limit, decision).response()
+    decision = _check(app, "webhooks", limit, tenant_id)
+    return None if decision.allowed else _problem("webhook", limit, decision)
 
 
 RATE_LIMITED_RESPONSE: dict[str, Any] = {

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import Problem
 from api.metrics import Metrics
 from api.public_url import public_url
-from api.ratelimit import webhook_limit_response
+from api.ratelimit import webhook_limit
 from api.schemas import Problem as ProblemSchema
 from channels.base import ChannelAdapter, ChannelError, Parsed, RawRequest
 from channels.registry import ADAPTERS
@@ -42,9 +42,10 @@ TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
 class WebhookRefusedError(Exception):
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str, problem: Problem | None = None):
         super().__init__(detail)
         self.status, self.reason, self.detail = status, reason, detail
+        self.problem = problem or Problem(status, detail)
 
 
 class TenantSecrets:
@@ -107,10 +108,6 @@ def _answer(adapter: ChannelAdapter, parsed: Parsed) -> Response:
     return JSONResponse({"ok": True})
 
 
-def _refusal(status: int, detail: str) -> Response:
-    return Problem(status, detail).response()
-
-
 _REFUSALS = {
     400: "Malformed body",
     403: "Missing or wrong signature, or a replayed request",
@@ -157,9 +154,9 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             parsed = adapter.parse(raw, secrets, datetime.now(UTC))
         except ChannelError as exc:
             raise WebhookRefusedError(exc.status, exc.reason, str(exc)) from None
-        limited = await webhook_limit_response(request, tenant_id=tenant, channel=channel)
+        limited = await run_in_threadpool(webhook_limit, app, tenant_id=tenant)
         if limited is not None:
-            return limited
+            raise WebhookRefusedError(429, "rate_limited", limited.detail, limited)
         if parsed.messages or parsed.nonce:
             nonce = (adapter.route, parsed.nonce) if parsed.nonce else None
             try:
@@ -205,7 +202,7 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
                 "detail": exc.detail,
             },
         )
-        return _refusal(exc.status, exc.detail)
+        return exc.problem.response()
     finally:
         request_id_var.reset(token)
 

@@ -839,10 +839,8 @@ def test_correctly_signed_nonsense_never_gets_a_500(
             st.one_of(
                 st.binary(max_size=2048),
                 st.text(max_size=200).map(
-                    lambda t: (
-                        f"From: {t}\r\nMessage-ID: <{t}>\r\nSubject: {t}\r\n\r\n{t}".encode(
-                            "utf-8", "surrogatepass"
-                        )
+                    lambda t: f"From: {t}\r\nMessage-ID: <{t}>\r\nSubject: {t}\r\n\r\n{t}".encode(
+                        "utf-8", "surrogatepass"
                     )
                 ),
             )

@@ -428,6 +428,8 @@ def main() -> int:
                 INTAKE_DATABASE_URL=database_url,
                 INTAKE_BROKER_URL=args.redis,
                 INTAKE_REDIS_URL=args.redis,
+                # Measured here is the route, not the per-tenant limit it would soon hit.
+                INTAKE_RATE_LIMIT_WEBHOOKS_PER_MINUTE="0",
             )
             bare_port, app_port = free_port(), free_port()
             bare_url, app_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{app_port}"

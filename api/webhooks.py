@@ -38,7 +38,7 @@ log = logging.getLogger("intake.webhooks")
 MAX_BODY = 1024 * 1024
 MAX_EMAIL_BODY = 25 * 1024 * 1024
 ACCEPTS_AT_ONCE = 4  # see _accept_limiter
-TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+TWIML_EMPTY = "<Response/>"  # TwiML that tells Twilio to send no reply
 
 
 class WebhookRefusedError(Exception):
@@ -104,7 +104,8 @@ def _answer(adapter: ChannelAdapter, parsed: Parsed) -> Response:
     if parsed.reply is not None:
         return PlainTextResponse(parsed.reply)
     if adapter.route == "twilio":
-        return Response(TWIML_EMPTY, media_type="text/xml")
+        # Exactly `text/xml`: Starlette would append a charset to a media_type of text/*.
+        return Response(TWIML_EMPTY, headers={"content-type": "text/xml"})
     return JSONResponse({"ok": True})
 
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from intake.logs import configure_logging
 from intake.settings import Settings, get_settings
@@ -223,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"INTAKE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
         )
         print(f"intake: invalid configuration: {problems}", file=sys.stderr)
+        return 1
+    except (ArgumentError, NoSuchModuleError, ModuleNotFoundError) as exc:
+        print(f"intake: unusable database or broker URL: {exc}", file=sys.stderr)
         return 1
     except (OperationalError, ProgrammingError) as exc:
         first_line = (str(exc.orig).strip().splitlines() or ["unknown error"])[0]

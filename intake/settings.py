@@ -38,6 +38,16 @@ class Settings(BaseSettings):
 
     log_json: bool = False
 
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, value: str) -> str:
+        # psycopg 3 is the driver we ship; a bare postgresql:// would make SQLAlchemy look
+        # for psycopg2, which is not installed.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
     @field_validator("public_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:

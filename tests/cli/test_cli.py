@@ -144,6 +144,12 @@ def test_unreachable_database_is_a_one_line_error() -> None:
     assert_one_line_error(result, "cannot reach the database")
 
 
+@pytest.mark.parametrize("url", ["nonsense", "mysql://x@127.0.0.1/y"])
+def test_unusable_database_url_is_a_one_line_error(url: str) -> None:
+    """A URL SQLAlchemy cannot use is named in one line, not a traceback."""
+    assert_one_line_error(intake("tenant", "create", "X", database_url=url), "unusable database")
+
+
 def test_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
     """A database without the schema says which command makes it."""
     result = intake("tenant", "create", "X", database_url=f"sqlite:///{tmp_path / 'empty.db'}")
@@ -165,3 +171,11 @@ def test_migrate_creates_the_schema_on_the_embedded_default(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "intake.db").exists()
+
+
+def test_plain_postgresql_url_uses_psycopg(postgres_url: str) -> None:
+    """`postgresql://…` (no driver) works: it is read as psycopg 3, the driver we ship."""
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    result = intake("tenant", "create", "Plain URL", "--json", database_url=plain)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["name"] == "Plain URL"

@@ -79,7 +79,8 @@ class AcceptBatcher:
         waiting = _Waiting(AcceptRequest(tenant_id, messages, nonce, request_id))
         with self._lock:
             self._queue.put(waiting)
-            if self._thread is None:
+            # Not alive would be a bug of ours that killed it: a new thread serves the queue.
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="intake-accept-batcher", daemon=True
                 )
@@ -148,6 +149,12 @@ class AcceptBatcher:
                 taken.append(waiting)
 
     def _run_batch(self, batch: list[_Waiting]) -> None:
+        # A request whose caller gave up (a client gone, its task cancelled) before the batch
+        # took it is not stored: no answer was sent, so the provider retries. Once running, a
+        # future can no longer be cancelled, so setting its outcome below cannot fail.
+        batch = [w for w in batch if w.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         try:
             outcomes = accept_batch(self.db, self.dispatcher, requests=[w.request for w in batch])
         except Exception as exc:  # accept_batch hands errors back; this is a bug of ours

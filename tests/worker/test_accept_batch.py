@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Future
 
 import pytest
@@ -202,4 +203,41 @@ def test_batcher_thread_stops_on_close_and_when_idle(
     while batcher.running and time.monotonic() < deadline:
         time.sleep(0.01)  # polling the condition, not waiting for it to happen
     assert not batcher.running
+    assert len(message_rows(db, tenant.id)) == 2
+
+
+class _StalledDispatcher(Dispatcher):
+    """Holds the batching thread in its wake-up until released, so requests queue behind it."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, make_celery(settings))
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def dispatch(self, tenant_id: uuid.UUID, message_ids: Sequence[uuid.UUID]) -> bool:
+        self.entered.set()
+        self.release.wait(30)
+        return super().dispatch(tenant_id, message_ids)
+
+
+def test_a_request_cancelled_while_queued_is_skipped_and_the_batcher_carries_on(
+    db: Database, redis_url: str
+) -> None:
+    """A caller that gave up before its batch ran stores nothing; later requests still succeed."""
+    tenant = make_tenant(db)
+    dispatcher = _StalledDispatcher(Settings(broker_url=redis_url, redis_url=redis_url))
+    batcher = AcceptBatcher(db, dispatcher)
+    try:
+        first = batcher.submit(tenant_id=tenant.id, messages=[inbound("sms")])
+        assert dispatcher.entered.wait(30)
+        given_up = batcher.submit(tenant_id=tenant.id, messages=[inbound("sms")])
+        assert given_up.cancel()
+        dispatcher.release.set()
+        later = batcher.submit(tenant_id=tenant.id, messages=[inbound("sms")])
+        results = [first.result(timeout=30), later.result(timeout=30)]
+    finally:
+        dispatcher.release.set()
+        batcher.close()
+    assert {r.id for r in message_rows(db, tenant.id)} == {
+        i for r in results for i in r.message_ids
+    }
     assert len(message_rows(db, tenant.id)) == 2

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -11,6 +14,7 @@ from api import contacts, health, metrics, ratelimit, webhooks
 from api.errors import PROBLEM_JSON, install_error_handlers
 from intake.settings import Settings
 from models.db import Database
+from worker.accept_batcher import AcceptBatcher
 from worker.celery_app import make_celery
 from worker.dispatch import Dispatcher
 
@@ -23,6 +27,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         title="Intake",
         version=API_VERSION,
         description="Inbound messages from WhatsApp, Telegram, SMS and email become contacts.",
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.db = db if db is not None else Database(settings.database_url)
@@ -32,6 +37,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.tenant_secrets = webhooks.TenantSecrets(app.state.db)
     app.state.celery = make_celery(settings)
     app.state.dispatcher = Dispatcher(settings, app.state.celery)
+    app.state.accept_batcher = AcceptBatcher(app.state.db, app.state.dispatcher)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -54,6 +60,13 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override hook
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # Accepts still queued are committed and answered before the process goes.
+    await to_thread.run_sync(app.state.accept_batcher.close)
 
 
 def _problem_json_openapi(schema: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,6 @@ does the rest. Every refusal is counted and logged with its reason.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
@@ -14,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,13 +29,13 @@ from intake.logs import request_id_var
 from intake.settings import Settings
 from models.db import Database
 from models.tenants import TenantNotFoundError, get_tenant
-from worker.accept import AcceptUnavailableError, NonceReplayedError, accept
+from worker.accept import AcceptUnavailableError, NonceReplayedError
+from worker.accept_batcher import AcceptBatcher
 
 log = logging.getLogger("intake.webhooks")
 
 MAX_BODY = 1024 * 1024
 MAX_EMAIL_BODY = 25 * 1024 * 1024
-ACCEPTS_AT_ONCE = 4  # see _accept_limiter
 TWIML_EMPTY = "<Response/>"  # TwiML that tells Twilio to send no reply
 
 
@@ -83,21 +81,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _accept_limiter(app: Any) -> CapacityLimiter:
-    """A few accepts at once, not one per request in flight.
-
-    Each accept is a few database and Redis round trips; more threads than that keeps busy
-    only fight over the GIL. Measured with bench/webhooks.py at 16 connections, local
-    PostgreSQL: 40 threads (anyio's default) gave p99 ~110 ms and ~1.4 ms CPU per request; 4
-    gave p99 ~28 ms at ~1.2 ms and a higher rate. Not 1 or 2: a database further away than
-    loopback needs a few requests in flight to keep busy. A waiting request holds no connection.
-    """
-    limiter: CapacityLimiter | None = getattr(app.state, "accept_limiter", None)
-    if limiter is None:
-        limiter = app.state.accept_limiter = CapacityLimiter(ACCEPTS_AT_ONCE)
-    return limiter
 
 
 def _answer(adapter: ChannelAdapter, parsed: Parsed) -> Response:
@@ -161,17 +144,10 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
         if parsed.messages or parsed.nonce:
             nonce = (adapter.route, parsed.nonce) if parsed.nonce else None
             try:
-                result = await to_thread.run_sync(
-                    functools.partial(
-                        accept,
-                        app.state.db,
-                        app.state.dispatcher,
-                        tenant_id=tenant,
-                        messages=parsed.messages,
-                        nonce=nonce,
-                        request_id=request_id,
-                    ),
-                    limiter=_accept_limiter(app),
+                # Group commit: this request shares a transaction with those waiting beside it.
+                batcher: AcceptBatcher = app.state.accept_batcher
+                result = await batcher.accept(
+                    tenant_id=tenant, messages=parsed.messages, nonce=nonce, request_id=request_id
                 )
             except NonceReplayedError:
                 raise WebhookRefusedError(403, "replay", "this request was seen before") from None

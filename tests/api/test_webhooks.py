@@ -240,6 +240,19 @@ def test_signed_message_is_stored_once_and_a_redelivery_changes_nothing(
     assert wakeups(settings, tenant.id) == 1
 
 
+def test_shutdown_stops_the_accept_batcher(
+    app: FastAPI, db: Database, tenant: TenantFixture
+) -> None:
+    """Accepts run on the app's batching thread, which the app's shutdown stops."""
+    with TestClient(app) as served:
+        payload, _ = fresh_message("telegram")
+        response = post(served, signed("telegram", payload, tenant_id=tenant.id, base_url=BASE))
+        assert response.status_code == 200, response.text
+        assert app.state.accept_batcher.batches == 1
+    assert not app.state.accept_batcher.running
+    assert len(stored(db, tenant.id)) == 1
+
+
 @pytest.mark.parametrize("route", ROUTES)
 def test_answer_is_what_the_provider_expects(
     client: TestClient, tenant: TenantFixture, route: str

@@ -135,29 +135,12 @@ def store_messages(
     request_id: str | None = None,
 ) -> list[uuid.UUID]:
     """Insert the new messages as pending rows (and burn the nonce); returns the new row ids."""
-    if nonce is not None:
-        kind, value = nonce
-        burnt = _insert_ignoring_conflicts(
-            session,
-            WebhookNonce,
-            [{"tenant_id": tenant_id, "kind": kind, "value": value, "created_at": utcnow()}],
-            ["tenant_id", "kind", "value"],
-            WebhookNonce.__table__.c.value,
-        )
-        if not burnt:
-            raise NonceReplayedError(f"{kind} token already used")
-    rows = _message_rows(
-        tenant_id=tenant_id, messages=messages, request_id=request_id, now=utcnow()
+    [stored] = store_batch(
+        session, requests=[AcceptRequest(tenant_id, messages, nonce, request_id)]
     )
-    if not rows:
-        return []
-    return _insert_ignoring_conflicts(
-        session,
-        Message,
-        list(rows.values()),
-        ["tenant_id", "channel", "provider_message_id"],
-        Message.__table__.c.id,
-    )
+    if isinstance(stored, NonceReplayedError):
+        raise stored
+    return stored
 
 
 @dataclass(frozen=True)

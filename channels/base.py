@@ -15,6 +15,9 @@ from typing import Any, Literal, Protocol
 Channel = Literal["whatsapp", "telegram", "sms", "email"]
 CHANNELS: tuple[Channel, ...] = ("whatsapp", "telegram", "sms", "email")
 
+# The kinds of identity a contact can hold; `models` keeps the same names.
+IdentityKind = Literal["phone", "email", "whatsapp", "whatsapp_bsuid", "telegram"]
+
 
 class ChannelError(Exception):
     """A request the provider (or an impostor) got wrong; `status` is the HTTP answer."""
@@ -58,25 +61,63 @@ class Media:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """One way a provider names a person: `("phone", "+15551234567")`, `("telegram", "42")`."""
+
+    kind: IdentityKind
+    value: str
+
+
+@dataclass(frozen=True)
 class InboundMessage:
-    """One message from a person, normalized. It is the only thing adapters hand on."""
+    """One message from a person, normalized. It is the only thing adapters hand on.
+
+    Every identity on it (sender id, BSUID, phone, email) is one the provider vouches for as
+    the sender's own, so together they are an attested link. A number or address that merely
+    appears in the message (a shared card of someone else, text) is never put here.
+    """
 
     channel: Channel
     provider_message_id: str
     received_at: datetime
     sender_id: str | None = None  # the channel's own id: Telegram user id, WhatsApp wa_id
+    bsuid: str | None = None  # WhatsApp business-scoped user id (Meta `user_id`, Twilio's)
     phone: str | None = None  # E.164 where the channel gives a number
     email: str | None = None  # lowercased
     display_name: str | None = None
-    username: str | None = None  # Telegram @username, without the @
+    username: str | None = None  # Telegram or WhatsApp username, without the @: never a key
     language: str | None = None  # ISO 639-1, where the channel says it
     text: str | None = None
     media: tuple[Media, ...] = ()
+    # Identities the sender no longer has (WhatsApp `user_changed_number`'s old number):
+    # retired, so that whoever gets them next is a new person.
+    retired: tuple[Identity, ...] = ()
+    # A provider's notice about the sender (a changed number or id), not words they wrote.
+    system: bool = False
+    transport: str | None = None  # the carrier within a channel where it has several: "rcs"
+    group_id: str | None = None  # the WhatsApp group the message was written in
+    business_connection_id: str | None = None  # Telegram Business: the connected account
+
+    def identities(self) -> tuple[Identity, ...]:
+        """The sender's identities in matching order: channel id, BSUID, phone, email."""
+        found: list[Identity] = []
+        if self.sender_id and self.channel == "whatsapp":
+            found.append(Identity("whatsapp", self.sender_id))
+        elif self.sender_id and self.channel == "telegram":
+            found.append(Identity("telegram", self.sender_id))
+        if self.bsuid:
+            found.append(Identity("whatsapp_bsuid", self.bsuid))
+        if self.phone:
+            found.append(Identity("phone", self.phone))
+        if self.email:
+            found.append(Identity("email", self.email))
+        return tuple(found)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["received_at"] = self.received_at.astimezone(UTC).isoformat()
         data["media"] = [asdict(m) for m in self.media]
+        data["retired"] = [asdict(i) for i in self.retired]
         return data
 
     @classmethod
@@ -84,6 +125,7 @@ class InboundMessage:
         values = dict(data)
         values["received_at"] = datetime.fromisoformat(values["received_at"])
         values["media"] = tuple(Media(**m) for m in values.get("media", ()))
+        values["retired"] = tuple(Identity(**i) for i in values.get("retired", ()))
         return cls(**values)
 
     def dumps(self) -> str:

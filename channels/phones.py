@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
+
+# Mexico dropped the `1` after +52 from mobile numbers in 2019, and phonenumbers now calls the
+# old 13-digit form impossible; WhatsApp ids (Meta's `521…`, Twilio's `whatsapp:+521…`) still
+# carry it. Kept as given: the worker matches it to the 10-digit form as a national variant.
+_MEXICO_OLD_MOBILE = re.compile(r"\+521\d{10}")
 
 
 def international_e164(raw: str) -> str | None:
@@ -19,6 +26,9 @@ def international_e164(raw: str) -> str | None:
         number = phonenumbers.parse(text, None)
     except phonenumbers.NumberParseException:
         return None
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if _MEXICO_OLD_MOBILE.fullmatch(e164):
+        return e164
     if not phonenumbers.is_possible_number(number):
         return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164

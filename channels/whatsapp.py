@@ -5,14 +5,25 @@ Provider documentation:
   https://developers.facebook.com/docs/graph-api/webhooks/getting-started
 - the messages webhook and its payloads (text, media, location, interactive, statuses):
   https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/reference/messages
+- business-scoped user ids and usernames (`from_user_id`, `contacts[].user_id`, `username`, the
+  `contact_request` origin of a shared phone):
+  https://developers.facebook.com/documentation/business-messaging/whatsapp/business-scoped-user-ids/
+- system messages (`user_changed_number`, `user_changed_user_id`):
+  https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/reference/messages/system/
+- group messages (`group_id`):
+  https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/reference/messages/group/
+- coexistence echoes (`smb_message_echoes`):
+  https://developers.facebook.com/documentation/business-messaging/whatsapp/embedded-signup/onboarding-business-app-users/
 
 One POST may carry several entries, each with several changes, each with several messages and
-the senders' profiles (`contacts`, keyed by `wa_id`). Statuses of messages the tenant sent ride
-in the same notifications and are not from a person.
+the senders' profiles (`contacts`). Statuses of messages the tenant sent ride in the same
+notifications and are not from a person.
 
-Meta is rolling out WhatsApp usernames: a user who adopts one may reach the business with a
-business-scoped user id and no phone (`from` absent). Such a message is skipped with a reason
-until Intake stores that id; everything with a `from` is read as before.
+A sender is named by `from` (the wa_id, a phone number without `+`), by a business-scoped user
+id (`from_user_id`, and `user_id` in `contacts`), or by both: Meta leaves out the phone of a user
+who adopted a username. Either is enough to be a person; both together are one person. A
+`username` is only ever a name to show. A contact card the sender shares is somebody else's
+unless Meta marks it `origin: "contact_request"`: the phone the user shared on request is theirs.
 """
 
 from __future__ import annotations
@@ -22,10 +33,12 @@ import hmac
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from channels.base import (
+    Identity,
     InboundMessage,
     InvalidSignatureError,
     MalformedRequestError,
@@ -45,13 +58,32 @@ BUSINESS_ACCOUNT: Final = "whatsapp_business_account"
 
 STATUS_CALLBACK: Final = "status callback"
 REACTION: Final = "reaction"
+EDITED: Final = "edited message"
+REVOKED: Final = "revoked message"
+ECHO: Final = "message echo"
 SYSTEM_MESSAGE: Final = "system message"
-NO_SENDER_PHONE: Final = "sender without a phone number"
+NO_SENDER: Final = "sender without a wa_id or user id"
 
 MEDIA_TYPES: Final = frozenset({"image", "audio", "video", "document", "sticker"})
-# Not something a person wrote to the tenant: a reaction to the tenant's own message, and
-# WhatsApp's own notices (a user changed number, identity changed).
-_NOT_MESSAGES: Final = {"reaction": REACTION, "system": SYSTEM_MESSAGE}
+# Not something a person wrote to the tenant: a reaction to the tenant's own message, and a
+# change to or deletion of a message that was already ingested under its own wamid.
+_NOT_MESSAGES: Final = {"reaction": REACTION, "edit": EDITED, "revoke": REVOKED}
+# Coexistence: messages the business sent from the WhatsApp Business app, echoed to the API.
+ECHO_FIELD: Final = "smb_message_echoes"
+# System notices that tell of a new identity; others (say a security code change) are skipped.
+CHANGED_NUMBER: Final = frozenset({"user_changed_number", "customer_changed_number"})
+CHANGED_USER_ID: Final = "user_changed_user_id"
+CONTACT_REQUEST: Final = "contact_request"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One entry of a change's `contacts`: who sent its messages, as Meta knows them."""
+
+    wa_id: str | None
+    user_id: str | None
+    name: str | None
+    username: str | None
 
 
 class WhatsAppAdapter:
@@ -104,7 +136,11 @@ def load_json(body: bytes) -> Any:
 
 
 def parse_notification(payload: Any) -> Parsed:
-    """Every message of every change of every entry, and why the rest were skipped."""
+    """Every message of every change of every entry, and why the rest were skipped.
+
+    Takes a decoded notification whose signature was already checked, so that the shared
+    route can hand over each tenant's own changes.
+    """
     notification = as_object(payload, "notification")
     kind = notification.get("object")
     if kind != BUSINESS_ACCOUNT:
@@ -116,6 +152,11 @@ def parse_notification(payload: Any) -> Parsed:
         for change in as_list(as_object(entry, "entry").get("changes"), "entry.changes"):
             change = as_object(change, "change")
             field = change.get("field")
+            if field == ECHO_FIELD:
+                value = as_object(change.get("value"), "change.value")
+                echoes = as_list(value.get("message_echoes", []), "message_echoes")
+                ignored.extend(ECHO for _ in echoes or [None])
+                continue
             if field != "messages":
                 ignored.append(f"{str(field)[:40]} notification")
                 continue
@@ -126,63 +167,160 @@ def parse_notification(payload: Any) -> Parsed:
 
 
 def parse_change_value(value: dict[str, Any]) -> tuple[list[InboundMessage], list[str]]:
-    profiles = profiles_by_wa_id(as_list(value.get("contacts", []), "contacts"))
+    profiles = [profile_of(raw) for raw in as_list(value.get("contacts", []), "contacts")]
     messages: list[InboundMessage] = []
     ignored = [STATUS_CALLBACK for _ in as_list(value.get("statuses", []), "statuses")]
+    # Standby and coexistence deliveries may carry echoes of the business's own messages here.
+    ignored += [ECHO for _ in as_list(value.get("message_echoes", []), "message_echoes")]
     for raw in as_list(value.get("messages", []), "messages"):
         message = as_object(raw, "message")
         kind = text_field(message, "type") or "unknown"
         if kind in _NOT_MESSAGES:
             ignored.append(_NOT_MESSAGES[kind])
             continue
+        if kind == "system":
+            parsed = parse_system(message)
+            if parsed is None:
+                ignored.append(SYSTEM_MESSAGE)
+            else:
+                messages.append(parsed)
+            continue
         parsed = parse_message(message, kind, profiles)
         if parsed is None:
-            ignored.append(NO_SENDER_PHONE)
+            ignored.append(NO_SENDER)
         else:
             messages.append(parsed)
     return messages, ignored
 
 
-def profiles_by_wa_id(contacts: list[Any]) -> dict[str, tuple[str, str | None]]:
-    """wa_id -> (wa_id, profile name) for the senders of this change."""
-    profiles: dict[str, tuple[str, str | None]] = {}
-    for raw in contacts:
-        contact = as_object(raw, "contact")
-        wa_id = text_field(contact, "wa_id")
-        if not wa_id:
-            continue
-        profile = as_object(contact.get("profile", {}), "contact.profile")
-        profiles[wa_id] = (wa_id, text_field(profile, "name"))
-    return profiles
+def profile_of(raw: Any) -> Profile:
+    contact = as_object(raw, "contact")
+    profile = as_object(contact.get("profile", {}), "contact.profile")
+    username = text_field(profile, "username") or text_field(contact, "username")
+    return Profile(
+        wa_id=text_field(contact, "wa_id"),
+        user_id=text_field(contact, "user_id"),
+        name=text_field(profile, "name"),
+        username=(username.lstrip("@") or None) if username else None,
+    )
+
+
+def sender_profile(
+    wa_id: str | None, user_id: str | None, profiles: list[Profile]
+) -> Profile | None:
+    """The `contacts` entry of this message's sender: the one sharing its wa_id or user id."""
+    for profile in profiles:
+        if (wa_id and profile.wa_id == wa_id) or (user_id and profile.user_id == user_id):
+            # An entry that names someone else by the other id is not this sender's.
+            if wa_id and profile.wa_id and profile.wa_id != wa_id:
+                continue
+            if user_id and profile.user_id and profile.user_id != user_id:
+                continue
+            return profile
+    if not wa_id and not user_id and len(profiles) == 1:
+        # Meta's own contact_request example names the sender only in `contacts`.
+        return profiles[0]
+    return None
 
 
 def parse_message(
-    message: dict[str, Any], kind: str, profiles: Mapping[str, tuple[str, str | None]]
+    message: dict[str, Any], kind: str, profiles: list[Profile]
 ) -> InboundMessage | None:
     message_id = text_field(message, "id")
     if not message_id:
         raise MalformedRequestError("message without id")
     received_at = timestamp_of(message.get("timestamp"))
     sender = text_field(message, "from")
-    if not sender:
-        # A username-only sender (no phone); see the module docstring.
+    user_id = text_field(message, "from_user_id")
+    profile = sender_profile(sender, user_id, profiles)
+    wa_id = sender or (profile.wa_id if profile else None)
+    bsuid = user_id or (profile.user_id if profile else None)
+    if not wa_id and not bsuid:
         return None
-    wa_id, display_name = profiles.get(sender, (sender, None))
     text, media = content_of(message, kind)
+    phone = international_e164(wa_id) if wa_id else None
+    if phone is None and kind == "contacts" and message.get("origin") == CONTACT_REQUEST:
+        phone = requested_phone(message)
     return InboundMessage(
         channel="whatsapp",
         provider_message_id=message_id,
         received_at=received_at,
         sender_id=wa_id,
-        phone=international_e164(sender),
-        display_name=display_name,
+        bsuid=bsuid,
+        phone=phone,
+        display_name=profile.name if profile else None,
+        username=profile.username if profile else None,
         text=text,
         media=media,
+        group_id=text_field(message, "group_id"),
+    )
+
+
+def requested_phone(message: dict[str, Any]) -> str | None:
+    """The phone a user shared about themselves when the business asked for it."""
+    for card in as_list(message.get("contacts", []), "shared contacts"):
+        for raw in as_list(as_object(card, "contact card").get("phones", []), "phones"):
+            number = text_field(as_object(raw, "phone"), "phone")
+            phone = international_e164(number) if number else None
+            if phone:
+                return phone
+    return None
+
+
+def parse_system(message: dict[str, Any]) -> InboundMessage | None:
+    """A changed number or user id: the new identities, the old ones retired.
+
+    Meta's system notices carry no `contacts`; the new ids are in `system`, the old number in
+    `from` and the old user id in `system.previous_user_id`.
+    """
+    message_id = text_field(message, "id")
+    if not message_id:
+        raise MalformedRequestError("message without id")
+    received_at = timestamp_of(message.get("timestamp"))
+    system = as_object(message.get("system", {}), "message.system")
+    kind = text_field(system, "type")
+    old_wa_id = text_field(message, "from")
+    new_user_id = text_field(system, "user_id")
+    old_user_id = text_field(system, "previous_user_id") or text_field(message, "from_user_id")
+    retired: list[Identity] = []
+    sender_id: str | None
+    if old_user_id and old_user_id != new_user_id:
+        retired.append(Identity("whatsapp_bsuid", old_user_id))
+    if kind in CHANGED_NUMBER:
+        new_wa_id = text_field(system, "wa_id") or text_field(system, "new_wa_id")
+        if not new_wa_id:
+            return None
+        if old_wa_id and old_wa_id != new_wa_id:
+            old_phone = international_e164(old_wa_id)
+            retired[:0] = [Identity("whatsapp", old_wa_id)]
+            if old_phone:
+                retired.insert(1, Identity("phone", old_phone))
+        sender_id = new_wa_id
+    elif kind == CHANGED_USER_ID:
+        if not new_user_id:
+            return None
+        # The number did not change; Meta may still name it in `from`.
+        sender_id = old_wa_id
+    else:
+        return None
+    return InboundMessage(
+        channel="whatsapp",
+        provider_message_id=message_id,
+        received_at=received_at,
+        sender_id=sender_id,
+        bsuid=new_user_id,
+        phone=international_e164(sender_id) if sender_id else None,
+        text=text_field(system, "body"),
+        retired=tuple(retired),
+        system=True,
     )
 
 
 def content_of(message: dict[str, Any], kind: str) -> tuple[str | None, tuple[Media, ...]]:
     """The words and attachments of one message, by its `type`."""
+    if kind == "contacts":
+        # The one type whose field is a list: cards of people, the sender's own or others'.
+        return contacts_content(as_list(message.get("contacts", []), "shared contacts"))
     body = as_object(message.get(kind, {}), f"message.{kind}") if kind in message else {}
     if kind == "text":
         return text_field(body, "body"), ()
@@ -204,18 +342,30 @@ def content_of(message: dict[str, Any], kind: str) -> tuple[str | None, tuple[Me
         return caption, (media,)
     if kind == "location":
         return None, (location_of(body),)
-    if kind == "contacts":
-        names = [
-            text_field(
-                as_object(as_object(card, "contact card").get("name", {}), "name"), "formatted_name"
-            )
-            for card in as_list(message.get("contacts", []), "shared contacts")
-        ]
-        caption = ", ".join(name for name in names if name) or None
-        return None, (Media(kind="contacts", caption=caption),)
     # "unsupported", "order" and types Meta adds later still come from a person: the message
     # is kept, without content, so the sender becomes a contact.
     return None, ()
+
+
+def contacts_content(cards: list[Any]) -> tuple[str | None, tuple[Media, ...]]:
+    """Shared cards as a line of text each (name and numbers) and one `contacts` media."""
+    lines: list[str] = []
+    names: list[str] = []
+    for raw in cards:
+        card = as_object(raw, "contact card")
+        name = text_field(as_object(card.get("name", {}), "name"), "formatted_name")
+        numbers = [
+            text_field(as_object(phone, "phone"), "phone")
+            for phone in as_list(card.get("phones", []), "phones")
+        ]
+        shown = ", ".join(number for number in numbers if number)
+        if name:
+            names.append(name)
+        line = " ".join(part for part in (name, f"({shown})" if shown else None) if part)
+        if line:
+            lines.append(line)
+    text = "Shared contact: " + "; ".join(lines) if lines else None
+    return text, (Media(kind="contacts", caption=", ".join(names) or None),)
 
 
 def location_of(body: dict[str, Any]) -> Media:

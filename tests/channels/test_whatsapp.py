@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from channels.base import (
     ChannelError,
     ChannelNotConfiguredError,
+    Identity,
     InboundMessage,
     InvalidSignatureError,
     MalformedRequestError,
@@ -25,10 +26,14 @@ from channels.base import (
 )
 from channels.whatsapp import (
     ADAPTER,
-    NO_SENDER_PHONE,
+    ECHO,
+    EDITED,
+    NO_SENDER,
     REACTION,
+    REVOKED,
     STATUS_CALLBACK,
     SYSTEM_MESSAGE,
+    parse_notification,
 )
 
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "whatsapp"
@@ -312,11 +317,24 @@ def test_statuses_only_notification_has_no_messages() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "reason"), [("reaction.json", REACTION), ("system.json", SYSTEM_MESSAGE)]
+    ("name", "reason"),
+    [
+        ("reaction.json", REACTION),
+        ("edit.json", EDITED),
+        ("revoke.json", REVOKED),
+        ("smb_message_echoes.json", ECHO),
+    ],
 )
-def test_reactions_and_system_notices_are_not_messages(name: str, reason: str) -> None:
-    """An emoji reaction to the tenant's message, or WhatsApp's number-change notice, is skipped."""
+def test_reactions_edits_revokes_and_echoes_are_not_messages(name: str, reason: str) -> None:
+    """A reaction, an edit or revoke of an earlier message, a business echo: skipped with why."""
     assert parse(payload(name)) == Parsed(ignored=(reason,))
+
+
+def test_other_system_notices_are_skipped() -> None:
+    """A system notice that names no new number or user id is skipped as a system message."""
+    data = json.loads(payload("system.json"))
+    data["entry"][0]["changes"][0]["value"]["messages"][0]["system"]["type"] = "security_changed"
+    assert parse_json(data) == Parsed(ignored=(SYSTEM_MESSAGE,))
 
 
 def test_other_webhook_fields_are_ignored() -> None:
@@ -333,11 +351,176 @@ def test_other_meta_objects_are_ignored() -> None:
     assert parsed.ignored
 
 
-def test_sender_without_phone_is_skipped_with_a_reason() -> None:
-    """A message without `from` (a username-only user) is skipped and says why."""
+def test_sender_without_any_id_is_skipped_with_a_reason() -> None:
+    """A message naming neither a wa_id nor a user id, with no profile to say, is skipped."""
     data = json.loads(payload("text.json"))
-    del data["entry"][0]["changes"][0]["value"]["messages"][0]["from"]
-    assert parse_json(data) == Parsed(ignored=(NO_SENDER_PHONE,))
+    value = data["entry"][0]["changes"][0]["value"]
+    del value["messages"][0]["from"]
+    del value["contacts"]
+    assert parse_json(data) == Parsed(ignored=(NO_SENDER,))
+
+
+# --- 2026 senders: business-scoped user ids, changed ids, shared phones, groups -------------
+
+BSUID = "US.13491208655302741918"
+
+
+def test_bsuid_only_sender_is_a_person() -> None:
+    """A username user with no `from`: BSUID is the identity, username only a name, no phone."""
+    assert parse(payload("bsuid_only.json")) == Parsed(
+        messages=(
+            InboundMessage(
+                channel="whatsapp",
+                provider_message_id="wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQkJCMTExMTExMTExMTExMTExMQA=",
+                received_at=at(1775050000),
+                bsuid=BSUID,
+                display_name="Sheena Nelson",
+                username="sheena.n",
+                text="Is the 2-bed still available?",
+            ),
+        )
+    )
+
+
+def test_wa_id_and_bsuid_together_are_one_sender() -> None:
+    """A message with both `from` and `from_user_id` carries wa_id, BSUID and phone together."""
+    (message,) = parse(payload("bsuid_with_wa_id.json")).messages
+    assert message == sheena(
+        "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQkJCMjIyMjIyMjIyMjIyMjIyMgA=",
+        1775050100,
+        bsuid=BSUID,
+        username="sheena.n",
+        text="Here is my number too",
+    )
+    assert message.identities() == (
+        Identity("whatsapp", "16505551234"),
+        Identity("whatsapp_bsuid", BSUID),
+        Identity("phone", "+16505551234"),
+    )
+
+
+def test_phone_shared_on_request_is_the_senders_own() -> None:
+    """A contacts message with origin contact_request gives the BSUID sender that phone."""
+    (message,) = parse(payload("contact_request.json")).messages
+    assert (message.sender_id, message.bsuid, message.phone) == (None, BSUID, "+16505551234")
+    assert message.display_name == "Sheena Nelson"
+    assert message.text == "Shared contact: Sheena Nelson (+1 650-555-1234)"
+
+
+def test_shared_contact_cards_are_a_message_without_their_phones() -> None:
+    """Cards of other people (a list) are kept as a message; their numbers never the sender's."""
+    assert parse(payload("shared_contacts.json")).messages == (
+        sheena(
+            "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQkJCNDQ0NDQ0NDQ0NDQ0NDQ0NAA=",
+            1775050300,
+            text=(
+                "Shared contact: Barbara J. Johnson (+1 (415) 555-0150); "
+                "Luis Ortega (+52 1 55 1234 5678)"
+            ),
+            media=(Media(kind="contacts", caption="Barbara J. Johnson, Luis Ortega"),),
+        ),
+    )
+
+
+def test_contact_request_origin_does_not_override_the_senders_own_number() -> None:
+    """A sender with a wa_id keeps the wa_id's phone, whatever the shared card says."""
+    data = json.loads(payload("shared_contacts.json"))
+    data["entry"][0]["changes"][0]["value"]["messages"][0]["origin"] = "contact_request"
+    (message,) = parse_json(data).messages
+    assert message.phone == "+16505551234"
+
+
+def test_changed_number_retires_the_old_number_and_user_id() -> None:
+    """user_changed_number: new wa_id, phone and BSUID on the notice; the old ones retired."""
+    assert parse(payload("changed_number.json")).messages == (
+        InboundMessage(
+            channel="whatsapp",
+            provider_message_id="wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQkJCNTU1NTU1NTU1NTU1NTU1NQA=",
+            received_at=at(1775050400),
+            sender_id="12195555358",
+            bsuid="US.99887766554433221100",
+            phone="+12195555358",
+            text="User Sheena Nelson changed from 16505551234 to 12195555358",
+            retired=(
+                Identity("whatsapp", "16505551234"),
+                Identity("phone", "+16505551234"),
+                Identity("whatsapp_bsuid", BSUID),
+            ),
+            system=True,
+        ),
+    )
+
+
+def test_changed_number_in_the_older_format_retires_the_old_number() -> None:
+    """The documented notice without user ids: new wa_id and phone, old wa_id and phone retired."""
+    (message,) = parse(payload("system.json")).messages
+    assert (message.system, message.sender_id, message.phone, message.bsuid) == (
+        True,
+        "16505559876",
+        "+16505559876",
+        None,
+    )
+    assert message.retired == (
+        Identity("whatsapp", "16505551234"),
+        Identity("phone", "+16505551234"),
+    )
+
+
+def test_changed_user_id_retires_the_old_user_id() -> None:
+    """user_changed_user_id: the new BSUID on the notice, the previous one retired, no phone."""
+    assert parse(payload("changed_user_id.json")).messages == (
+        InboundMessage(
+            channel="whatsapp",
+            provider_message_id="wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQkJCNjY2NjY2NjY2NjY2NjY2NgA=",
+            received_at=at(1775050500),
+            bsuid="US.55443322110099887766",
+            text="User's business-scoped user ID changed",
+            retired=(Identity("whatsapp_bsuid", BSUID),),
+            system=True,
+        ),
+    )
+
+
+@pytest.mark.parametrize("name", ["changed_number.json", "changed_user_id.json"])
+def test_changed_id_notice_without_the_new_id_is_skipped(name: str) -> None:
+    """A change notice that leaves out the new id has nothing to link: skipped, not a 400."""
+    data = json.loads(payload(name))
+    system = data["entry"][0]["changes"][0]["value"]["messages"][0]["system"]
+    system.pop("wa_id", None)
+    system.pop("user_id", None)
+    assert parse_json(data) == Parsed(ignored=(SYSTEM_MESSAGE,))
+
+
+def test_group_message_records_the_group() -> None:
+    """A message written in a group is from its person, with the group id recorded."""
+    (message,) = parse(payload("group.json")).messages
+    assert message == sheena(
+        "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQkJDMDAwMDAwMDAwMDAwMDAwMAA=",
+        1775050900,
+        text="Can we all come to the viewing?",
+        group_id="Y2FwaV9ncm91cDoxNzA1NTU1MDEzOToxMjAzNjM0MDQ2OTQyMzM4MjAZD",
+    )
+
+
+def test_mexican_wa_id_with_the_old_mobile_1_is_a_phone() -> None:
+    """Meta's 521… wa_id, which phonenumbers calls impossible, still gives that phone."""
+    (message,) = parse(payload("mexico.json")).messages
+    assert (message.sender_id, message.phone) == ("5215512345678", "+5215512345678")
+
+
+def test_profile_of_another_sender_is_not_used() -> None:
+    """A contacts entry for another wa_id lends neither its name nor its BSUID."""
+    data = json.loads(payload("bsuid_with_wa_id.json"))
+    value = data["entry"][0]["changes"][0]["value"]
+    value["contacts"][0]["wa_id"] = "447700900123"
+    del value["messages"][0]["from_user_id"]
+    (message,) = parse_json(data).messages
+    assert (message.sender_id, message.bsuid, message.display_name) == ("16505551234", None, None)
+
+
+def test_parse_notification_takes_a_decoded_notification() -> None:
+    """The shared route's entry point reads an already verified, decoded notification."""
+    assert parse_notification(json.loads(payload("bsuid_only.json"))).messages[0].bsuid == BSUID
 
 
 # --- signatures -----------------------------------------------------------------------------
@@ -478,6 +661,17 @@ json_values = st.recursive(
                     "title",
                     "latitude",
                     "longitude",
+                    "from_user_id",
+                    "user_id",
+                    "username",
+                    "origin",
+                    "phones",
+                    "phone",
+                    "system",
+                    "previous_user_id",
+                    "group_id",
+                    "message_echoes",
+                    "formatted_name",
                 ]
             )
             | st.text(max_size=6),
@@ -552,17 +746,30 @@ def paths_of(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return found
 
 
-BATCH = json.loads(payload("batch.json"))
-BATCH_PATHS = paths_of(BATCH)[1:]
+RECORDED = {
+    name: json.loads(payload(name))
+    for name in (
+        "batch.json",
+        "bsuid_with_wa_id.json",
+        "contact_request.json",
+        "shared_contacts.json",
+        "changed_number.json",
+        "changed_user_id.json",
+        "smb_message_echoes.json",
+        "group.json",
+    )
+}
+RECORDED_PATHS = [(name, path) for name, doc in RECORDED.items() for path in paths_of(doc)[1:]]
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
-@given(path=st.sampled_from(BATCH_PATHS), replacement=json_values)
-def test_any_one_field_of_a_real_batch_replaced_gives_parsed_or_400(
-    path: tuple[Any, ...], replacement: Any
+@given(where=st.sampled_from(RECORDED_PATHS), replacement=json_values)
+def test_any_one_field_of_a_recorded_payload_replaced_gives_parsed_or_400(
+    where: tuple[str, tuple[Any, ...]], replacement: Any
 ) -> None:
-    """A documented batch with any single value swapped for junk is parsed or a 400."""
-    data = json.loads(json.dumps(BATCH))
+    """A recorded notification with any single value swapped for junk is parsed or a 400."""
+    name, path = where
+    data = json.loads(json.dumps(RECORDED[name]))
     node = data
     for step in path[:-1]:
         node = node[step]

@@ -60,6 +60,12 @@ class Media:
     caption: str | None = None
 
 
+def media_kind(mime_type: str | None) -> str:
+    """The Media kind of an attachment by its MIME type: image, audio, video or document."""
+    major = (mime_type or "").split("/", 1)[0].strip().lower()
+    return major if major in ("image", "audio", "video") else "document"
+
+
 @dataclass(frozen=True)
 class Identity:
     """One way a provider names a person: `("phone", "+15551234567")`, `("telegram", "42")`."""

@@ -18,7 +18,7 @@ from email.errors import HeaderParseError
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 
-from channels.base import InboundMessage, Media
+from channels.base import InboundMessage, Media, media_kind
 from channels.text import storable
 
 Headers = Sequence[tuple[str, str]]
@@ -172,11 +172,6 @@ def message_text(subject: str | None, body: str | None) -> str | None:
 
 def _lf(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def media_kind(mime_type: str | None) -> str:
-    major = (mime_type or "").split("/", 1)[0].lower()
-    return major if major in ("image", "audio", "video") else "document"
 
 
 def attachment(mime_type: str | None, filename: str | None, url: str | None = None) -> Media:

@@ -4,13 +4,21 @@ Provider documentation:
 - incoming message parameters: https://www.twilio.com/docs/messaging/guides/webhook-request
 - status callbacks: https://www.twilio.com/docs/messaging/guides/track-outbound-message-status
 - signatures (X-Twilio-Signature): https://www.twilio.com/docs/usage/webhooks/webhooks-security
+- RCS through a Messaging Service (`From=rcs:+…`): https://www.twilio.com/docs/rcs
+- WhatsApp business-scoped user ids (`From=whatsapp:<BSUID>`, `ExternalUserId`,
+  `ParentExternalUserId`): https://www.twilio.com/docs/whatsapp/business-scoped-user-ids
 
 Twilio posts one message per request as `application/x-www-form-urlencoded`. The same URL may
 also receive status callbacks for messages the tenant sent; those are not from a person.
+
+RCS is the same person as their SMS: channel `sms`, the same phone, `transport="rcs"`. A
+WhatsApp user who adopted a username arrives as `From=whatsapp:<BSUID>`, with the phone only in
+`WaId` when Twilio may share it; the BSUID is then the identity, and the phone joins it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Final
@@ -19,13 +27,13 @@ from urllib.parse import parse_qsl
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from channels.base import (
-    Channel,
     InboundMessage,
     InvalidSignatureError,
     MalformedRequestError,
     Media,
     Parsed,
     RawRequest,
+    media_kind,
     require_secret,
 )
 from channels.phones import international_e164
@@ -36,9 +44,14 @@ SIGNATURE_HEADER: Final = "x-twilio-signature"
 # Present only when a Twilio Webhooks Rule signs with a SharedKey and names the algorithm.
 SIGNATURE_SETTINGS_HEADER: Final = "x-twilio-webhooks-signature-settings"
 WHATSAPP_PREFIX: Final = "whatsapp:"
+RCS_PREFIX: Final = "rcs:"
+# Meta's business-scoped user id: a country code, a dot and up to 128 letters and digits, e.g.
+# US.13491208655302741918 (a parent id has ENT. after the country). Read loosely on purpose.
+_BSUID: Final = re.compile(r"[A-Z]{2}\.[A-Za-z0-9.]{1,140}")
 
 STATUS_CALLBACK: Final = "status callback"
 NOT_A_PHONE: Final = "sender is not a phone number (short code or alphanumeric id)"
+NOT_A_WHATSAPP_USER: Final = "whatsapp sender is neither a phone number nor a user id"
 
 # Statuses an inbound message carries (`SmsStatus=received`); any other status is a callback
 # about a message the tenant sent, whose `From` is the tenant's own number.
@@ -112,34 +125,64 @@ def parse_params(params: Mapping[str, str], now: datetime) -> Parsed:
     if not sender:
         raise MalformedRequestError("no From")
 
-    channel: Channel = "sms"
+    lowered = sender.lower()
+    if lowered.startswith(WHATSAPP_PREFIX):
+        return _whatsapp(params, message_id, sender[len(WHATSAPP_PREFIX) :].strip(), now)
+    transport: str | None = None
     address = sender
-    if sender.lower().startswith(WHATSAPP_PREFIX):
-        channel = "whatsapp"
-        address = sender[len(WHATSAPP_PREFIX) :].strip()
+    if lowered.startswith(RCS_PREFIX):
+        transport = "rcs"
+        address = sender[len(RCS_PREFIX) :].strip()
     # Short codes and alphanumeric senders carry no `+`: they are not a person's phone.
     phone = international_e164(address) if address.startswith("+") else None
     if phone is None:
         return Parsed(ignored=(NOT_A_PHONE,))
-
-    sender_id: str | None = None
-    display_name: str | None = None
-    if channel == "whatsapp":
-        sender_id = params.get("WaId") or phone.lstrip("+")
-        display_name = params.get("ProfileName") or None
-
-    text = params.get("Body") or params.get("ButtonText") or None
     message = InboundMessage(
-        channel=channel,
+        channel="sms",
         provider_message_id=message_id,
         received_at=now,
-        sender_id=sender_id,
         phone=phone,
-        display_name=display_name,
-        text=text,
+        text=_text(params),
+        media=media_of(params),
+        transport=transport,
+    )
+    return Parsed(messages=(storable(message),))
+
+
+def _whatsapp(params: Mapping[str, str], message_id: str, address: str, now: datetime) -> Parsed:
+    """A WhatsApp sender named by number (`+…`) or by business-scoped user id, or both."""
+    bsuid = params.get("ExternalUserId", "").strip() or None
+    wa_id = params.get("WaId", "").strip() or None
+    if address.startswith("+"):
+        phone = international_e164(address)
+        if phone is None:
+            return Parsed(ignored=(NOT_A_WHATSAPP_USER,))
+        wa_id = wa_id or phone.lstrip("+")
+    elif _BSUID.fullmatch(address):
+        # The From is the BSUID itself; Twilio adds the number in WaId only when it may.
+        bsuid = address
+        phone = international_e164(wa_id) if wa_id and wa_id.isdigit() else None
+        wa_id = phone.lstrip("+") if phone else None
+    else:
+        return Parsed(ignored=(NOT_A_WHATSAPP_USER,))
+    if bsuid is not None and not _BSUID.fullmatch(bsuid):
+        bsuid = None  # not a shape we can vouch for as the sender's id: leave it out
+    message = InboundMessage(
+        channel="whatsapp",
+        provider_message_id=message_id,
+        received_at=now,
+        sender_id=wa_id,
+        bsuid=bsuid,
+        phone=phone,
+        display_name=params.get("ProfileName") or None,
+        text=_text(params),
         media=media_of(params),
     )
     return Parsed(messages=(storable(message),))
+
+
+def _text(params: Mapping[str, str]) -> str | None:
+    return params.get("Body") or params.get("ButtonText") or None
 
 
 def media_of(params: Mapping[str, str]) -> tuple[Media, ...]:
@@ -153,7 +196,7 @@ def media_of(params: Mapping[str, str]) -> tuple[Media, ...]:
         if not url:
             raise MalformedRequestError(f"NumMedia={raw_count} but no MediaUrl{index}")
         mime_type = params.get(f"MediaContentType{index}") or None
-        media.append(Media(kind=kind_of(mime_type), mime_type=mime_type, url=url))
+        media.append(Media(kind=media_kind(mime_type), mime_type=mime_type, url=url))
     latitude, longitude = params.get("Latitude"), params.get("Longitude")
     if latitude and longitude:
         caption = ", ".join(part for part in (params.get("Label"), params.get("Address")) if part)
@@ -161,11 +204,6 @@ def media_of(params: Mapping[str, str]) -> tuple[Media, ...]:
             Media(kind="location", url=f"geo:{latitude},{longitude}", caption=caption or None)
         )
     return tuple(media)
-
-
-def kind_of(mime_type: str | None) -> str:
-    top = (mime_type or "").split("/", 1)[0].lower()
-    return top if top in {"image", "audio", "video"} else "document"
 
 
 ADAPTER: Final = TwilioAdapter()

@@ -21,7 +21,13 @@ from channels.base import (
     Parsed,
     RawRequest,
 )
-from channels.twilio import ADAPTER, NOT_A_PHONE, STATUS_CALLBACK, read_form
+from channels.twilio import (
+    ADAPTER,
+    NOT_A_PHONE,
+    NOT_A_WHATSAPP_USER,
+    STATUS_CALLBACK,
+    read_form,
+)
 
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "twilio"
 URL = "https://intake.example.com/webhooks/4b1d6a9e-3c1f-4e0a-9d51-2f7c8e6b1a30/twilio"
@@ -188,6 +194,95 @@ def test_status_other_than_received_wins_over_a_body() -> None:
 def test_short_code_sender_is_not_a_person() -> None:
     """A short code (carrier or service notice) is not a phone number, so no contact."""
     assert parse(payload("short_code.form")) == Parsed(ignored=(NOT_A_PHONE,))
+
+
+# --- 2026 senders: RCS, business-scoped user ids, Mexico -----------------------------------
+
+BSUID = "US.13491208655302741918"
+
+
+def test_rcs_is_the_sms_channel_over_rcs() -> None:
+    """From=rcs:+E164 is an sms message from that phone, recorded as having come over RCS."""
+    assert parse(payload("rcs_text.form")) == Parsed(
+        messages=(
+            InboundMessage(
+                channel="sms",
+                provider_message_id="SM1e2d3c4b5a69788796a5b4c3d2e1f0a9",
+                received_at=NOW,
+                phone="+14155552671",
+                text="Can I book a viewing for Saturday?",
+                transport="rcs",
+            ),
+        )
+    )
+
+
+def test_rcs_and_sms_from_one_number_share_its_identity() -> None:
+    """The RCS message and the SMS from the same number carry the same phone identity."""
+    (rcs,) = parse(payload("rcs_text.form")).messages
+    (sms,) = parse(payload("sms_text.form")).messages
+    assert rcs.identities() == sms.identities()
+
+
+def test_whatsapp_bsuid_sender_is_identified_by_it() -> None:
+    """From=whatsapp:<BSUID> with no WaId: a whatsapp message whose only identity is the BSUID."""
+    assert parse(payload("whatsapp_bsuid.form")) == Parsed(
+        messages=(
+            InboundMessage(
+                channel="whatsapp",
+                provider_message_id="SM7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d",
+                received_at=NOW,
+                bsuid=BSUID,
+                display_name="Sheena Nelson",
+                text="Hi! Is the studio still free?",
+            ),
+        )
+    )
+
+
+def test_whatsapp_bsuid_with_phone_carries_both() -> None:
+    """From=whatsapp:+E164 with ExternalUserId: wa_id, BSUID and phone are one sender's."""
+    (message,) = parse(payload("whatsapp_bsuid_with_phone.form")).messages
+    assert (message.sender_id, message.bsuid, message.phone) == (
+        "16505551234",
+        BSUID,
+        "+16505551234",
+    )
+
+
+def test_whatsapp_bsuid_from_with_waid_gains_the_phone() -> None:
+    """From=whatsapp:<BSUID> with a WaId: the phone Twilio shares joins the BSUID."""
+    body = edited(payload("whatsapp_bsuid.form"), ExternalUserId=None)
+    body += b"&WaId=16505551234"
+    (message,) = parse(body).messages
+    assert (message.sender_id, message.bsuid, message.phone) == (
+        "16505551234",
+        BSUID,
+        "+16505551234",
+    )
+
+
+def test_external_user_id_of_another_shape_is_left_out() -> None:
+    """An ExternalUserId that is not a BSUID is not vouched for: the phone alone identifies."""
+    body = edited(payload("whatsapp_bsuid_with_phone.form"), ExternalUserId="whoever")
+    (message,) = parse(body).messages
+    assert (message.bsuid, message.phone) == (None, "+16505551234")
+
+
+def test_whatsapp_sender_that_is_neither_phone_nor_bsuid_is_skipped() -> None:
+    """From=whatsapp:<something else> has no identity to give: skipped with a reason."""
+    body = edited(payload("whatsapp_bsuid.form"), From="whatsapp:someone", ExternalUserId=None)
+    assert parse(body) == Parsed(ignored=(NOT_A_WHATSAPP_USER,))
+
+
+def test_mexican_whatsapp_number_with_the_old_mobile_1_is_a_phone() -> None:
+    """whatsapp:+521…, which phonenumbers calls impossible, is still that sender's phone."""
+    (message,) = parse(payload("whatsapp_mexico.form")).messages
+    assert (message.channel, message.sender_id, message.phone) == (
+        "whatsapp",
+        "5215512345678",
+        "+5215512345678",
+    )
 
 
 # --- signatures -----------------------------------------------------------------------------
@@ -362,6 +457,8 @@ form_fields = st.lists(
                 "Latitude",
                 "Longitude",
                 "ButtonText",
+                "ExternalUserId",
+                "ParentExternalUserId",
             ]
         )
         | st.text(max_size=8),
@@ -375,6 +472,10 @@ form_fields = st.lists(
                 "delivered",
                 "+14155552671",
                 "whatsapp:+5511987654321",
+                "whatsapp:US.13491208655302741918",
+                "rcs:+14155552671",
+                "US.13491208655302741918",
+                "16505551234",
                 "22395",
                 "-1",
             ]
@@ -415,7 +516,7 @@ def test_validly_signed_random_forms_give_parsed_or_400(fields: list[tuple[str, 
     if isinstance(result, Parsed):
         for message in result.messages:
             assert message.channel in ("sms", "whatsapp")
-            assert message.phone is not None
-            assert message.phone.startswith("+")
+            assert message.phone or message.bsuid
+            assert message.phone is None or message.phone.startswith("+")
             assert message.provider_message_id
             assert message.received_at == NOW

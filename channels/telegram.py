@@ -1,21 +1,35 @@
 """The Telegram Bot API webhook: one `Update` in, at most one person's message out.
 
 Provider docs: https://core.telegram.org/bots/api#setwebhook (the `secret_token` that Telegram
-echoes in `X-Telegram-Bot-Api-Secret-Token`) and https://core.telegram.org/bots/api#update.
+echoes in `X-Telegram-Bot-Api-Secret-Token`), https://core.telegram.org/bots/api#update, and
+Telegram Business: https://core.telegram.org/bots/api#businessconnection and
+https://core.telegram.org/bots/features#bots-for-business.
 
 Telegram does not sign the body; it sends the secret token set with `setWebhook` on every
 request, so the header is the whole proof and is compared in constant time.
 
 Edited messages are ignored (reason "edited message"): an edit is not a new message, and the
 original was already ingested under the same chat and message id. Updates that carry no
-message from a person (channel posts, callback queries, membership changes, …) and messages
-whose sender is a bot are ignored with a reason as well.
+message from a person (channel posts, callback queries, membership changes, …), service
+messages (a pin, members joining, a changed title, …) and messages whose sender is a bot are
+ignored with a reason as well.
+
+Telegram Business: a bot connected to a business account gets that account's private chats as
+`business_message` updates. In a private chat `chat.id` is the customer's user id, so a message
+whose `from.id` is someone else (or that a business bot sent, `sender_business_bot`) is the
+account owner's own reply: outbound, not a prospect. A customer's message is theirs, recorded
+with its `business_connection_id`; its provider id includes that connection, because the same
+customer's chat with the bot itself has the same chat id and its own message ids.
+
+Updates written before a field existed (Telegram's own examples have no `is_bot`) still parse:
+a user object without `is_bot` is read as a person.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +45,7 @@ from channels.base import (
     RawRequest,
     require_secret,
 )
+from channels.languages import language_of
 from channels.phones import international_e164
 from channels.text import storable
 
@@ -43,13 +58,66 @@ _NOT_A_PERSON_MESSAGE = {
     "edited_message": "edited message",
     "channel_post": "channel post",
     "edited_channel_post": "channel post",
-    "business_message": "business message",
     "edited_business_message": "edited message",
+    "deleted_business_messages": "deleted messages",
+    "business_connection": "business connection",
     "callback_query": "callback query",
     "inline_query": "inline query",
     "my_chat_member": "membership change",
     "chat_member": "membership change",
 }
+BUSINESS_OWNER = "business owner message"
+SERVICE_MESSAGE = "service message"
+# Message fields that make it a service message: something that happened in the chat, not
+# words from the prospect. https://core.telegram.org/bots/api#message
+_SERVICE_FIELDS = (
+    "pinned_message",
+    "new_chat_members",
+    "left_chat_member",
+    "new_chat_title",
+    "new_chat_photo",
+    "delete_chat_photo",
+    "group_chat_created",
+    "supergroup_chat_created",
+    "channel_chat_created",
+    "message_auto_delete_timer_changed",
+    "migrate_to_chat_id",
+    "migrate_from_chat_id",
+    "successful_payment",
+    "refunded_payment",
+    "users_shared",
+    "chat_shared",
+    "connected_website",
+    "write_access_allowed",
+    "proximity_alert_triggered",
+    "boost_added",
+    "chat_background_set",
+    "forum_topic_created",
+    "forum_topic_edited",
+    "forum_topic_closed",
+    "forum_topic_reopened",
+    "general_forum_topic_hidden",
+    "general_forum_topic_unhidden",
+    "giveaway_created",
+    "giveaway_completed",
+    "giveaway_winners",
+    "video_chat_scheduled",
+    "video_chat_started",
+    "video_chat_ended",
+    "video_chat_participants_invited",
+    "gift",
+    "unique_gift",
+)
+# Update fields that hold a message and whose sender is a Bot API User; each of their users
+# gets `is_bot` when an older update leaves it out.
+_MESSAGE_FIELDS = (
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_message",
+    "edited_business_message",
+)
 
 
 class TelegramAdapter:
@@ -59,16 +127,27 @@ class TelegramAdapter:
         """Check the secret token header, then read the Update it carries."""
         verify_secret_token(request, require_secret(secrets, SECRET_NAME))
         update = _load_update(request.body)
-        if update.message is None:
+        message = update.message or update.business_message
+        if message is None:
             return Parsed(ignored=(_reason_for_non_message(update),))
-        message = update.message
         user = message.from_user
         if user is None:
             # Anonymous group admins and channels posting in groups have a sender_chat instead.
             return Parsed(ignored=("no person sender",))
+        if message.business_connection_id is not None and _sent_by_business(message, user.id):
+            return Parsed(ignored=(BUSINESS_OWNER,))
         if user.is_bot:
             return Parsed(ignored=("bot sender",))
+        if any(getattr(message, name, None) for name in _SERVICE_FIELDS):
+            return Parsed(ignored=(SERVICE_MESSAGE,))
         return Parsed(messages=(storable(_inbound_from(message)),))
+
+
+def _sent_by_business(message: Message, user_id: int) -> bool:
+    """The account owner's own message (or its business bot's) in a customer's chat."""
+    if message.sender_business_bot is not None:
+        return True
+    return message.chat.type == "private" and message.chat.id != user_id
 
 
 def verify_secret_token(request: RawRequest, expected: str) -> None:
@@ -91,6 +170,7 @@ def _load_update(body: bytes) -> Update:
         raise MalformedRequestError("body is not JSON") from exc
     if not isinstance(data, dict):
         raise MalformedRequestError("body is not a JSON object")
+    _default_is_bot(data)
     try:
         update = Update.de_json(data, bot=None)
     # python-telegram-bot builds objects from whatever it is given without validating types, so
@@ -98,9 +178,20 @@ def _load_update(body: bytes) -> Update:
     # failure to build the Update means the body is not one.
     except Exception as exc:
         raise MalformedRequestError("body is not a Telegram Update") from exc
-    if update.message is not None:
-        _check_message_shape(update.message)
+    for message in (update.message, update.business_message):
+        if message is not None:
+            _check_message_shape(message)
     return update
+
+
+def _default_is_bot(data: dict[str, Any]) -> None:
+    """Give `is_bot: false` to message senders that lack it, as Telegram's older examples do."""
+    for field in _MESSAGE_FIELDS:
+        message = data.get(field)
+        if isinstance(message, dict):
+            sender = message.get("from")
+            if isinstance(sender, dict):
+                sender.setdefault("is_bot", False)
 
 
 def _check_message_shape(message: Message) -> None:
@@ -121,6 +212,14 @@ def _check_message_shape(message: Message) -> None:
             _optional_str(getattr(user, "username", None)),
             _optional_str(getattr(user, "language_code", None)),
         ]
+    if message.location is not None:
+        # NaN and infinities are JSON Python accepts and no place on Earth.
+        checks += [
+            _is_number(getattr(message.location, "latitude", None)),
+            _is_number(getattr(message.location, "longitude", None)),
+        ]
+    if message.business_connection_id is not None:
+        checks.append(isinstance(message.business_connection_id, str))
     if not all(checks):
         raise MalformedRequestError("message fields have the wrong types")
 
@@ -144,33 +243,26 @@ def _inbound_from(message: Message) -> InboundMessage:
     user = message.from_user
     assert user is not None  # the caller has checked
     name = " ".join(part for part in (user.first_name, user.last_name) if part).strip()
+    connection = message.business_connection_id
+    key = f"{message.chat.id}:{message.message_id}"
     return InboundMessage(
         channel="telegram",
-        provider_message_id=f"{message.chat.id}:{message.message_id}",
+        provider_message_id=f"business:{connection}:{key}" if connection else key,
         received_at=message.date.astimezone(UTC),
         sender_id=str(user.id),
         phone=_own_phone(message, user.id),
         display_name=name or None,
         username=user.username or None,
-        language=_language(user.language_code),
+        language=language_of(user.language_code),
         text=_text(message),
         media=_media(message),
+        business_connection_id=connection,
     )
 
 
 def _text(message: Message) -> str | None:
     text = message.text if message.text is not None else message.caption
     return text if text else None
-
-
-def _language(code: str | None) -> str | None:
-    """ISO 639-1 from an IETF tag such as `pt-br`; None when the tag does not start with one."""
-    if not code:
-        return None
-    prefix = code[:2].lower()
-    if len(prefix) == 2 and prefix.isascii() and prefix.isalpha():
-        return prefix
-    return None
 
 
 def _own_phone(message: Message, user_id: int) -> str | None:
@@ -222,7 +314,7 @@ def _area(width: Any, height: Any) -> int:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _str(value: object) -> str | None:

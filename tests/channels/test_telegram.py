@@ -21,8 +21,10 @@ from channels.base import (
     Parsed,
     RawRequest,
 )
-from channels.telegram import ADAPTER
+from channels.languages import ISO_639_1, language_of
+from channels.telegram import ADAPTER, BUSINESS_OWNER, SERVICE_MESSAGE
 from channels.text import storable
+from models.languages import ISO_639_1 as MODELS_ISO_639_1
 
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "telegram"
 SECRET = "s3cr3t-T0ken_for-telegram"
@@ -197,6 +199,105 @@ def test_group_message_is_keyed_by_group_chat() -> None:
     assert message.sender_id == "583920114"
 
 
+# --- Telegram Business, service messages, older updates ------------------------------------
+
+CONNECTION = "AQADcQAAAAEAAAB7pd8jVgk3AAg"
+
+
+def parse_json(data: Any) -> Parsed:
+    return ADAPTER.parse(request(json.dumps(data).encode()), SECRETS, NOW)
+
+
+def test_business_customer_message_is_from_the_customer() -> None:
+    """A business_message from the customer is theirs, with the business connection recorded."""
+    assert parse("business_message.json") == Parsed(
+        messages=(
+            from_ana(
+                provider_message_id=f"business:{CONNECTION}:583920114:311",
+                received_at=datetime.fromtimestamp(1764165000, tz=UTC),
+                display_name="Ana Souza",
+                language="pt",
+                text="Hi! Do you allow cats in the 1-bedroom?",
+                business_connection_id=CONNECTION,
+            ),
+        )
+    )
+
+
+def test_business_message_id_differs_from_the_bots_own_chat() -> None:
+    """The customer's business chat and their chat with the bot never share a provider id."""
+    data = json.loads(payload("business_message.json"))
+    plain = {"update_id": 1, "message": dict(data["business_message"])}
+    del plain["message"]["business_connection_id"]
+    (business,) = parse("business_message.json").messages
+    (direct,) = parse_json(plain).messages
+    assert business.provider_message_id != direct.provider_message_id
+    assert direct.business_connection_id is None
+
+
+@pytest.mark.parametrize("name", ["business_owner_reply.json", "business_bot_reply.json"])
+def test_business_owners_own_replies_are_outbound(name: str) -> None:
+    """The owner's reply (from.id is not the chat's) or its business bot's is not a prospect."""
+    assert parse(name) == Parsed(ignored=(BUSINESS_OWNER,))
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("edited_business_message.json", "edited message"),
+        ("deleted_business_messages.json", "deleted messages"),
+        ("business_connection.json", "business connection"),
+        ("pinned_message.json", SERVICE_MESSAGE),
+        ("new_chat_members.json", SERVICE_MESSAGE),
+    ],
+)
+def test_business_updates_and_service_messages_are_not_messages(name: str, reason: str) -> None:
+    """Business edits, deletions and connections, pins and joins: acknowledged, with why."""
+    assert parse(name) == Parsed(ignored=(reason,))
+
+
+def test_update_without_is_bot_is_still_a_person() -> None:
+    """The Bot API's own sample update, which predates is_bot, is a message from a person."""
+    (message,) = parse("no_is_bot.json").messages
+    assert (message.sender_id, message.display_name, message.text) == (
+        "1111111",
+        "Test Firstname Test Lastname",
+        "/start",
+    )
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_location_with_non_finite_coordinates_is_malformed(value: str) -> None:
+    """A location whose latitude is NaN or infinite is refused like any other mistyped field."""
+    body = payload("location.json").replace(b"-23.55052", value.encode())
+    assert body != payload("location.json")
+    with pytest.raises(MalformedRequestError):
+        ADAPTER.parse(request(body), SECRETS, NOW)
+
+
+@pytest.mark.parametrize(
+    ("code", "language"),
+    [("pt-br", "pt"), ("en", "en"), ("zh_Hans", "zh"), ("xx", None), ("iw", None), ("ü1", None)],
+)
+def test_language_is_an_iso_639_1_code_or_none(code: str, language: str | None) -> None:
+    """language_code gives its ISO 639-1 primary subtag, or None when it is not one."""
+    data = json.loads(payload("text.json"))
+    data["message"]["from"]["language_code"] = code
+    (message,) = parse_json(data).messages
+    assert message.language == language
+
+
+def test_language_codes_are_the_ones_contacts_accept() -> None:
+    """The adapter's ISO 639-1 set is the models' set, so a language it hands on is storable."""
+    assert ISO_639_1 == MODELS_ISO_639_1
+
+
+@given(tag=st.text(max_size=12))
+def test_language_of_any_tag_is_a_known_code_or_none(tag: str) -> None:
+    """Whatever a client puts in language_code, the adapter hands on a known code or nothing."""
+    assert language_of(tag) in MODELS_ISO_639_1 | {None}
+
+
 # --- the secret token ---------------------------------------------------------------------
 
 
@@ -311,6 +412,9 @@ message_keys = st.sampled_from(
         "voice",
         "sticker",
         "sender_chat",
+        "business_connection_id",
+        "sender_business_bot",
+        "pinned_message",
     ]
 )
 
@@ -319,9 +423,22 @@ message_keys = st.sampled_from(
 def update_like(draw: st.DrawFn) -> dict[str, Any]:
     """Dicts shaped like Updates, with fields kept, dropped or replaced by other JSON."""
     base: dict[str, Any] = json.loads(
-        payload(draw(st.sampled_from(["text.json", "photo_caption.json", "own_contact.json"])))
+        payload(
+            draw(
+                st.sampled_from(
+                    [
+                        "text.json",
+                        "photo_caption.json",
+                        "own_contact.json",
+                        "business_message.json",
+                        "business_owner_reply.json",
+                        "no_is_bot.json",
+                    ]
+                )
+            )
+        )
     )
-    message = base["message"]
+    message = base.get("message") or base["business_message"]
     for key in draw(st.lists(message_keys, max_size=4)):
         if draw(st.booleans()):
             message.pop(key, None)
@@ -330,8 +447,9 @@ def update_like(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         message["from"] = draw(
             st.fixed_dictionaries(
-                {"id": json_values, "is_bot": json_values, "first_name": json_values},
+                {"id": json_values, "first_name": json_values},
                 optional={
+                    "is_bot": json_values,
                     "last_name": json_values,
                     "language_code": json_values,
                     "username": json_values,

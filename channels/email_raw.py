@@ -3,7 +3,12 @@
 There is no provider to link: the relay (a Postfix pipe, an AWS SES or Cloudflare Email Worker
 forward, …) signs the exact body bytes with the tenant's `email_webhook_secret` and sends
 `X-Intake-Signature: sha256=<hex HMAC-SHA256>`. The message is read with the standard library
-(RFC 5322 with RFC 2047 encoded words, MIME per RFC 2045-2049).
+(RFC 5322 with RFC 2047 encoded words, MIME per RFC 2045-2049, and raw UTF-8 headers per
+RFC 6532: a stray byte that is not UTF-8 becomes U+FFFD, which spoils a display name but is
+refused in an address).
+
+Mailgun's `forward()` to a URL ending in `mime` posts the same whole message as `body-mime`;
+the Mailgun adapter reads it with `parse_message` here.
 
 A message without a Message-ID gets a stable id hashed from its sender, Date, Subject and text
 (see `email_parse.fallback_message_id`), so a relay delivering it twice still records it once.
@@ -61,7 +66,11 @@ def verify_signature(request: RawRequest, secret: str) -> None:
         raise InvalidSignatureError(f"wrong {SIGNATURE_HEADER}")
 
 
-def parse_message(body: bytes, now: datetime) -> Parsed:
+def parse_message(body: bytes, now: datetime, *, envelope_sender: str | None = None) -> Parsed:
+    """The message a whole RFC 5322 body is, or why it is not a person's.
+
+    `envelope_sender` is the SMTP MAIL FROM where the relay knows it apart from the headers.
+    """
     try:
         message = BytesParser(policy=policy.default).parsebytes(body)
     except email_parse.MIME_ERRORS as exc:
@@ -70,7 +79,9 @@ def parse_message(body: bytes, now: datetime) -> Parsed:
         raise MalformedRequestError("body is not an RFC 5322 message")
     # Raw values, parsed only where needed: fetching a header through the policy parses it, and
     # a hostile header must not sink the whole message.
-    headers = [(name, _unfold(value)) for name, value in message.raw_items()]
+    headers = [
+        (name, email_parse.utf8_header(_unfold(value))) for name, value in message.raw_items()
+    ]
     sender = email_parse.first_header(headers, "from")
     reason = email_parse.automated_reason(
         headers,
@@ -78,6 +89,7 @@ def parse_message(body: bytes, now: datetime) -> Parsed:
             sender,
             email_parse.first_header(headers, "return-path"),
             email_parse.first_header(headers, "sender"),
+            envelope_sender,
         ),
         content_type=email_parse.first_header(headers, "content-type"),
     )

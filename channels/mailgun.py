@@ -12,6 +12,16 @@ returned as the nonce the caller burns once the message is stored (a replay is r
 
 The message's subject is kept as the first line of its text; Mailgun's `stripped-text` (the
 reply without quoted history and signature) is preferred to `body-plain`.
+
+A route whose `forward()` URL ends in `mime` posts the whole message as `body-mime` (and no
+parsed fields): it is read as the raw adapter reads a message, with Mailgun's `sender` as the
+envelope sender.
+https://documentation.mailgun.com/docs/mailgun/user-manual/receive-forward-store/storing-and-retrieving-messages
+
+A Mailgun event webhook (delivered, failed, opened, …: JSON with `signature` and
+`event-data`, https://documentation.mailgun.com/docs/mailgun/user-manual/webhooks/webhook-payloads)
+pointed at this route by mistake is verified like a route post and acknowledged as ignored:
+Mailgun retries a 4xx for hours, and an event is never a person writing.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -28,7 +38,7 @@ from email.parser import BytesParser
 from typing import Any
 from urllib.parse import parse_qsl
 
-from channels import email_parse
+from channels import email_parse, email_raw
 from channels.base import (
     InvalidSignatureError,
     MalformedRequestError,
@@ -40,6 +50,7 @@ from channels.base import (
 )
 
 SECRET_NAME = "mailgun_signing_key"  # noqa: S105  # the setting's name, not a secret
+MAILGUN_EVENT = "mailgun event"
 MAX_AGE = timedelta(minutes=15)
 # Headers Mailgun also posts as fields of their own; they stand in when message-headers is absent.
 _HEADER_FIELDS = (
@@ -51,6 +62,8 @@ _HEADER_FIELDS = (
     "Precedence",
     "X-Autoreply",
     "X-Autorespond",
+    "X-Auto-Response-Suppress",
+    "X-Failed-Recipients",
     "Return-Path",
 )
 
@@ -75,9 +88,36 @@ class MailgunAdapter:
     def parse(self, request: RawRequest, secrets: Mapping[str, str], now: datetime) -> Parsed:
         """Read the form, verify its signature and age, then the message it describes."""
         key = require_secret(secrets, SECRET_NAME)
+        if _is_json(request):
+            return _parse_event(request.body, key, now)
         form = read_form(request)
         token = verify_signature(form, key, now)
         return _parse_message(form, now, nonce=token)
+
+
+def _is_json(request: RawRequest) -> bool:
+    content_type = (request.header("content-type") or "").split(";", 1)[0].strip().lower()
+    return content_type == "application/json" or request.body.lstrip()[:1] == b"{"
+
+
+def _parse_event(body: bytes, key: str, now: datetime) -> Parsed:
+    """An event webhook: `{"signature": {timestamp, token, signature}, "event-data": {…}}`."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRequestError("body is not JSON") from exc
+    signature = data.get("signature") if isinstance(data, dict) else None
+    if not isinstance(signature, dict):
+        raise InvalidSignatureError("a JSON body without a Mailgun signature object")
+    form = Form()
+    for name in ("timestamp", "token", "signature"):
+        value = signature.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            form.add(name, value)
+    token = verify_signature(form, key, now)
+    return Parsed(ignored=(MAILGUN_EVENT,), nonce=token)
 
 
 def sign(key: str, timestamp: str, token: str) -> str:
@@ -213,11 +253,24 @@ def _stored_attachments(form: Form) -> list[Media]:
     return found
 
 
+def _ingestible_mailbox(value: str | None) -> email_parse.Mailbox | None:
+    mailbox = email_parse.parse_mailbox(value)
+    if mailbox is None or email_parse.ingestible_address(mailbox.address) is None:
+        return None
+    return mailbox
+
+
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
 def _parse_message(form: Form, now: datetime, *, nonce: str) -> Parsed:
+    mime = form.get("body-mime")
+    if mime is not None:
+        parsed = email_raw.parse_message(
+            mime.encode("utf-8", "surrogatepass"), now, envelope_sender=form.get("sender")
+        )
+        return replace(parsed, nonce=nonce)
     headers = _headers(form)
     from_field = form.get("from") or email_parse.first_header(headers, "from")
     envelope_sender = form.get("sender")
@@ -228,9 +281,9 @@ def _parse_message(form: Form, now: datetime, *, nonce: str) -> Parsed:
     )
     if reason:
         return Parsed(ignored=(reason,), nonce=nonce)
-    mailbox = email_parse.parse_mailbox(from_field) or email_parse.parse_mailbox(envelope_sender)
+    mailbox = _ingestible_mailbox(from_field) or _ingestible_mailbox(envelope_sender)
     if mailbox is None:
-        raise MalformedRequestError("neither from nor sender is an email address")
+        raise MalformedRequestError("neither from nor sender is an address contacts accept")
     subject = email_parse.decoded_header(
         "subject", form.get("subject") or email_parse.first_header(headers, "subject")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
@@ -21,8 +22,9 @@ from channels.base import (
     RawRequest,
     ReplayedRequestError,
 )
-from channels.mailgun import ADAPTER, sign
+from channels.mailgun import ADAPTER, MAILGUN_EVENT, sign
 from channels.text import storable
+from models.identity import normalize_email
 
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "email" / "mailgun"
 KEY = "key-7f3c9a1e5b2d4f6a8c0e1b3d5f7a9c2e"  # the key the recorded payloads were signed with
@@ -116,6 +118,59 @@ def test_auto_replies_and_bounces_are_ignored(name: str, reason: str, token: str
     assert parse(name) == Parsed(ignored=(reason,), nonce=token)
 
 
+def test_body_mime_forward_gives_sender_name_and_message_id() -> None:
+    """A forward() to a URL ending in mime posts body-mime: read for sender, name, Message-ID."""
+    assert parse("body_mime.txt") == Parsed(
+        messages=(
+            InboundMessage(
+                channel="email",
+                provider_message_id="CAH7v9Qp3Lm@mail.example.com",
+                received_at=datetime(2025, 11, 26, 12, 58, 55, tzinfo=UTC),
+                email="sofia.ramirez@example.com",
+                display_name="Sofía Ramírez",
+                text=(
+                    "Parking at 12 Elm Street?\n\n"
+                    "Hello, does the 1-bedroom come with a parking space?"
+                ),
+            ),
+        ),
+        nonce="3b8e1d6a9f2c5e0b7d4a1f8c3e6b9d2a5f0c7e4b1d8a3f6c9e",
+    )
+
+
+def test_body_mime_bounce_with_a_null_envelope_sender_is_ignored() -> None:
+    """A body-mime message whose Mailgun sender is empty (a null reverse path) makes nothing."""
+    fields = form_of("body_mime.txt")
+    fields["sender"] = ""
+    parsed = ADAPTER.parse(request(resigned(fields)), SECRETS, NOW)
+    assert parsed.messages == ()
+    assert parsed.ignored == ("null sender",)
+
+
+def test_mailgun_event_posted_here_is_acknowledged_and_ignored() -> None:
+    """An event webhook (JSON signature + event-data) is verified, then ignored with a reason."""
+    assert parse("event_delivered.json", "application/json") == Parsed(
+        ignored=(MAILGUN_EVENT,), nonce="8c2f5a9d1e4b7c0f3a6d9e2b5c8f1a4d7e0b3c6f9a2d5e8b1c"
+    )
+
+
+def test_mailgun_event_with_a_wrong_signature_is_refused() -> None:
+    """An event signed with another key is a 403 like any other forged request."""
+    with pytest.raises(InvalidSignatureError):
+        ADAPTER.parse(
+            request(payload("event_delivered.json"), "application/json"),
+            {"mailgun_signing_key": "key-other"},
+            NOW,
+        )
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"event-data": {}}', b'{"signature": "x"}'])
+def test_json_without_a_signature_object_is_refused(body: bytes) -> None:
+    """JSON that is not a signed Mailgun event is a 400 or a 403, never accepted."""
+    with pytest.raises(ChannelError):
+        ADAPTER.parse(request(body, "application/json"), SECRETS, NOW)
+
+
 def test_body_plain_is_used_without_stripped_text() -> None:
     """Without stripped-text, the full body-plain is the text."""
     fields = form_of("urlencoded.txt")
@@ -174,7 +229,7 @@ def test_no_address_at_all_is_400() -> None:
     """Neither from nor sender holds an address: nothing to record."""
     fields = form_of("urlencoded.txt")
     fields["from"] = fields["From"] = "undisclosed-recipients:;"
-    fields["sender"] = ""
+    fields["sender"] = "not an address"
     fields["message-headers"] = "[]"
     with pytest.raises(MalformedRequestError):
         ADAPTER.parse(request(resigned(fields)), SECRETS, NOW)
@@ -280,11 +335,17 @@ def _parsed_or_channel_error(raw: RawRequest) -> None:
     except ChannelError:
         return
     assert isinstance(result, Parsed)
+    assert all(
+        message.email and normalize_email(message.email) == message.email
+        for message in result.messages
+    )
     # Whatever text a payload carries, what is handed on can be stored as it is.
     assert all(message == storable(message) for message in result.messages)
 
 
-content_types = st.sampled_from([FORM, MULTIPART, "multipart/form-data", "text/plain", ""])
+content_types = st.sampled_from(
+    [FORM, MULTIPART, "multipart/form-data", "text/plain", "", "application/json"]
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -307,6 +368,7 @@ field_names = st.sampled_from(
         "Content-Type",
         "Auto-Submitted",
         "attachments",
+        "body-mime",
     ]
 )
 
@@ -335,3 +397,43 @@ def test_validly_signed_multipart_with_any_field_bytes_give_parsed_or_channel_er
     body = payload("multipart_attachment.bin")
     part = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
     _parsed_or_channel_error(request(part + value + b"\r\n" + body, MULTIPART))
+
+
+MIME_SAMPLE = form_of("body_mime.txt")["body-mime"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cut=st.integers(min_value=0, max_value=len(MIME_SAMPLE)),
+    junk=st.text(max_size=80),
+    sender=st.sampled_from(["", "<>", "sofia.ramirez@example.com", "MAILER-DAEMON"]),
+)
+def test_validly_signed_body_mime_of_any_shape_gives_parsed_or_channel_error(
+    cut: int, junk: str, sender: str
+) -> None:
+    """A body-mime cut anywhere and spliced with junk is read, ignored or refused, never crashes."""
+    fields = form_of("body_mime.txt")
+    fields["body-mime"] = MIME_SAMPLE[:cut] + junk + MIME_SAMPLE[cut:]
+    fields["sender"] = sender
+    _parsed_or_channel_error(request(resigned(fields)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["signature", "event-data", "timestamp", "token", "event"])
+                | st.text(max_size=5),
+                children,
+                max_size=4,
+            )
+        ),
+        max_leaves=15,
+    )
+)
+def test_any_json_posted_gives_parsed_or_channel_error(data: object) -> None:
+    """JSON of any shape posted to the route is an ignored event, a 400 or a 403, never a crash."""
+    _parsed_or_channel_error(request(json.dumps(data).encode(), "application/json"))

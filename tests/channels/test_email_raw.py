@@ -21,6 +21,7 @@ from channels.base import (
 )
 from channels.email_raw import ADAPTER, sign
 from channels.text import storable
+from models.identity import normalize_email
 
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "email" / "raw"
 SECRET = "whsec-raw-email-test-4f1c9e"
@@ -128,11 +129,61 @@ def test_fallback_id_ignores_transport_headers() -> None:
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("auto_reply.eml", "auto-submitted"), ("dsn_bounce.eml", "delivery report")],
+    [
+        ("auto_reply.eml", "auto-submitted"),
+        ("dsn_bounce.eml", "delivery report"),
+        ("null_from.eml", "null sender"),
+        ("feedback_report.eml", "feedback report"),
+        ("exchange_oof.eml", "auto-reply"),
+        ("exim_bounce.eml", "delivery report"),
+        ("yahoo_vacation.eml", "auto-reply"),
+    ],
 )
 def test_auto_replies_and_bounces_are_ignored(name: str, reason: str) -> None:
-    """Out-of-office replies and delivery status notifications make no contact."""
+    """Auto-replies, bounces, null senders and abuse reports make no contact, and no 400."""
     assert parse(name) == Parsed(ignored=(reason,))
+
+
+def test_utf8_headers_give_the_address_and_name() -> None:
+    """RFC 6532 raw UTF-8 in From and Subject: the right address (lowercased) and name."""
+    assert parse("utf8_headers.eml") == Parsed(
+        messages=(
+            InboundMessage(
+                channel="email",
+                provider_message_id="20251126124402.4711@bücher.example",
+                received_at=datetime(2025, 11, 26, 12, 44, 2, tzinfo=UTC),
+                email="jörg.müller@bücher.example",
+                display_name="Jörg Müller",
+                text=(
+                    "Besichtigung der Wohnung – 12 Elm Street\n\nGuten Tag,\n\nich interessiere "
+                    "mich für die Zweizimmerwohnung. Wäre Samstag möglich?\n\nGrüße\nJörg"
+                ),
+            ),
+        )
+    )
+
+
+def test_stray_byte_in_the_name_degrades_only_the_name() -> None:
+    """A byte that is not UTF-8 in the display name becomes U+FFFD; the address is intact."""
+    (message,) = parse("stray_byte_name.eml").messages
+    assert (message.email, message.display_name) == (
+        "joerg.mueller@example.de",
+        "J\ufffdrg Müller",
+    )
+
+
+def test_stray_byte_in_the_address_is_refused_before_the_2xx() -> None:
+    """An address with a byte that is not UTF-8 cannot be known, so it is a 400, not ingested."""
+    with pytest.raises(MalformedRequestError):
+        parse("stray_byte_address.eml")
+
+
+@pytest.mark.parametrize("address", ["maria@localhost", "maria@example.test", '"m a"@[10.0.0.1]'])
+def test_address_the_worker_would_refuse_is_a_400(address: str) -> None:
+    """A From address that normalize_email refuses is refused here, before anything is stored."""
+    body = payload("plain.eml").replace(b"Maria.Garcia@Example.NET", address.encode())
+    with pytest.raises(MalformedRequestError):
+        ADAPTER.parse(request(body), SECRETS, NOW)
 
 
 def test_message_without_date_is_received_now() -> None:
@@ -207,6 +258,11 @@ def _parsed_or_channel_error(raw: RawRequest) -> None:
     assert isinstance(result, Parsed)
     # Whatever text a payload carries, what is handed on can be stored as it is.
     assert all(message == storable(message) for message in result.messages)
+    # And its address is one the worker takes as it is.
+    assert all(
+        message.email and normalize_email(message.email) == message.email
+        for message in result.messages
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -240,6 +296,8 @@ header_names = st.sampled_from(
         "Auto-Submitted",
         "Precedence",
         "Return-Path",
+        "X-Auto-Response-Suppress",
+        "X-Failed-Recipients",
         "Content-Disposition",
         "MIME-Version",
     ]
@@ -259,6 +317,9 @@ header_text = st.text(
         "Mon, 99 Foo 2025 99:99:99 +9999",
         "text/html",
         "multipart/report",
+        "multipart/report; report-type=feedback-report; boundary=x",
+        "Jörg <jörg@bücher.de>",
+        "All",
     ]
 )
 
@@ -267,7 +328,14 @@ header_text = st.text(
 @given(
     headers=st.lists(st.tuples(header_names, header_text), max_size=8),
     body=st.binary(max_size=500),
-    sender=st.sampled_from([b"From: a@example.com\r\n", b""]),
+    sender=st.sampled_from(
+        [
+            b"From: a@example.com\r\n",
+            b"",
+            "From: Jörg <jörg@bücher.de>\r\n".encode(),
+            b"From: <>\r\n",
+        ]
+    ),
 )
 def test_signed_messages_with_hostile_headers_give_parsed_or_channel_error(
     headers: list[tuple[str, str]], body: bytes, sender: bytes

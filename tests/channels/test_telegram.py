@@ -227,7 +227,7 @@ def test_business_customer_message_is_from_the_customer() -> None:
 def test_business_message_id_differs_from_the_bots_own_chat() -> None:
     """The customer's business chat and their chat with the bot never share a provider id."""
     data = json.loads(payload("business_message.json"))
-    plain = {"update_id": 1, "message": dict(data["business_message"])}
+    plain: dict[str, Any] = {"update_id": 1, "message": dict(data["business_message"])}
     del plain["message"]["business_connection_id"]
     (business,) = parse("business_message.json").messages
     (direct,) = parse_json(plain).messages

@@ -168,6 +168,10 @@ def parse_notification(payload: Any) -> Parsed:
 
 def parse_change_value(value: dict[str, Any]) -> tuple[list[InboundMessage], list[str]]:
     profiles = [profile_of(raw) for raw in as_list(value.get("contacts", []), "contacts")]
+    metadata = as_object(value.get("metadata", {}), "metadata")
+    # The business's own number: what it sends (to a group, say) is never a prospect's.
+    business_number = text_field(metadata, "display_phone_number")
+    own = "".join(ch for ch in business_number if ch.isdigit()) if business_number else None
     messages: list[InboundMessage] = []
     ignored = [STATUS_CALLBACK for _ in as_list(value.get("statuses", []), "statuses")]
     # Standby and coexistence deliveries may carry echoes of the business's own messages here.
@@ -184,6 +188,9 @@ def parse_change_value(value: dict[str, Any]) -> tuple[list[InboundMessage], lis
                 ignored.append(SYSTEM_MESSAGE)
             else:
                 messages.append(parsed)
+            continue
+        if own and text_field(message, "from") == own:
+            ignored.append(ECHO)
             continue
         parsed = parse_message(message, kind, profiles)
         if parsed is None:

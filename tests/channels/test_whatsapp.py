@@ -502,6 +502,13 @@ def test_group_message_records_the_group() -> None:
     )
 
 
+def test_message_from_the_business_number_itself_is_an_echo() -> None:
+    """A group message the business sent (from its own display number) is not a prospect's."""
+    data = json.loads(payload("group.json"))
+    data["entry"][0]["changes"][0]["value"]["messages"][0]["from"] = "15550783881"
+    assert parse_json(data) == Parsed(ignored=(ECHO,))
+
+
 def test_mexican_wa_id_with_the_old_mobile_1_is_a_phone() -> None:
     """Meta's 521… wa_id, which phonenumbers calls impossible, still gives that phone."""
     (message,) = parse(payload("mexico.json")).messages

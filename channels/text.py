@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any, TypeVar
 
-from channels.base import InboundMessage, Media
+from channels.base import Identity, InboundMessage, Media
 
-_T = TypeVar("_T", InboundMessage, Media)
+_T = TypeVar("_T", InboundMessage, Media, Identity)
 
 
 def clean_text(text: str) -> str:
@@ -36,7 +36,10 @@ def _cleaned(item: _T) -> _T:
 
 
 def storable(message: InboundMessage) -> InboundMessage:
-    """The message with every text field, media included, made storable."""
+    """The message with every text field, media and retired identities included, made storable."""
     cleaned = _cleaned(message)
     media = tuple(_cleaned(item) for item in cleaned.media)
-    return replace(cleaned, media=media) if media != cleaned.media else cleaned
+    retired = tuple(_cleaned(item) for item in cleaned.retired)
+    if media == cleaned.media and retired == cleaned.retired:
+        return cleaned
+    return replace(cleaned, media=media, retired=retired)

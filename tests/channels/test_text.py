@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from channels.base import InboundMessage, Media
+from channels.base import Identity, InboundMessage, Media
 from channels.text import clean_text, storable
 
 NOW = datetime(2025, 11, 26, 13, 0, tzinfo=UTC)
@@ -45,6 +45,17 @@ def test_storable_cleans_message_and_media_fields() -> None:
         text="hi",
         media=(Media(kind="document", filename="a\ufffd.pdf"),),
     )
+
+
+def test_storable_cleans_retired_identities() -> None:
+    """A retired identity from a hostile payload is cleaned like any other text."""
+    message = InboundMessage(
+        channel="whatsapp",
+        provider_message_id="wamid.1",
+        received_at=NOW,
+        retired=(Identity("whatsapp_bsuid", "US.1\ud800\x00"),),
+    )
+    assert storable(message).retired == (Identity("whatsapp_bsuid", "US.1\ufffd"),)
 
 
 def test_storable_returns_clean_messages_as_they_are() -> None:

@@ -24,6 +24,7 @@ from channels.base import (
     Parsed,
     RawRequest,
 )
+from channels.text import storable
 from channels.whatsapp import (
     ADAPTER,
     ECHO,
@@ -739,6 +740,8 @@ def test_validly_signed_random_json_gives_parsed_or_400(data: Any) -> None:
             assert message.channel == "whatsapp"
             assert message.provider_message_id
             assert message.received_at.tzinfo is not None
+            assert message.sender_id or message.bsuid
+            assert message == storable(message)
 
 
 def paths_of(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from api.metrics import Metrics
 from api.schemas import Problem as ProblemSchema
 from api.webhooks import MAX_BODY, WebhookRefusedError, accept_parsed, read_body
-from channels.base import ChannelError, Parsed, RawRequest
+from channels.base import ChannelError, RawRequest
 from channels.whatsapp import answer_subscription, load_json, verify
 from channels.whatsapp_shared import ParsedChange, merged, parse_shared_notification
 from intake.logs import request_id_var
@@ -168,12 +168,12 @@ async def _deliver(app: Any, request: Request, request_id: str) -> Response:
     except ChannelError as exc:
         raise WebhookRefusedError(exc.status, exc.reason, str(exc)) from None
     routes = await _routes(app, list(shared.by_phone_number_id))
-    routed: list[tuple[uuid.UUID, Parsed]] = []
+    routed: dict[uuid.UUID, list[ParsedChange]] = {}  # a tenant may have several numbers
     unrouted: list[NewUnroutedChange] = []
     for phone_number_id, changes in shared.by_phone_number_id.items():
         tenant_id = routes[phone_number_id]
         if tenant_id is not None:
-            routed.append((tenant_id, merged(changes)))
+            routed.setdefault(tenant_id, []).extend(changes)
             continue
         unrouted.extend(_unrouted_of(phone_number_id, changes))
         for reason in merged(changes).ignored:
@@ -185,9 +185,13 @@ async def _deliver(app: Any, request: Request, request_id: str) -> Response:
         _keep_unrouted(app, unrouted),
         *(
             accept_parsed(
-                app, route=CHANNEL, tenant_id=tenant_id, parsed=parsed, request_id=request_id
+                app,
+                route=CHANNEL,
+                tenant_id=tenant_id,
+                parsed=merged(changes),
+                request_id=request_id,
             )
-            for tenant_id, parsed in routed
+            for tenant_id, changes in routed.items()
         ),
         return_exceptions=True,
     )

@@ -33,6 +33,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.db = db if db is not None else Database(settings.database_url)
     app.state.health_checks = list(health.DEFAULT_CHECKS)
     app.state.metrics = metrics.Metrics(app.state.db)
+    app.state.metrics.registry.register(whatsapp_shared.UnroutedCollector(app.state.db))
     app.state.rate_limiter = ratelimit.make_rate_limiter(settings)
     app.state.tenant_secrets = webhooks.TenantSecrets(app.state.db)
     app.state.phone_number_routes = whatsapp_shared.PhoneNumberRoutes(app.state.db)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -169,6 +169,18 @@ def unrouted_changes(session: Session) -> list[UnroutedWhatsAppChange]:
             .where(UnroutedWhatsAppChange.routed_at.is_(None))
             .order_by(UnroutedWhatsAppChange.received_at, UnroutedWhatsAppChange.id)
         )
+    )
+
+
+def count_unrouted(session: Session) -> int:
+    """How many changes wait for a tenant: an operator's figure, for /metrics."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(UnroutedWhatsAppChange)
+            .where(UnroutedWhatsAppChange.routed_at.is_(None))
+        )
+        or 0
     )
 
 

@@ -274,11 +274,12 @@ def test_unrouted_change_is_kept_once_counted_and_answered_200(
     client: TestClient, db: Database, tenant: TenantFixture
 ) -> None:
     """A change for a number nobody registered is 200, kept once however often Meta resends
-    it, counted as ignored `unrouted`, and listed with its message count."""
+    it, counted as ignored `unrouted` and in the waiting gauge, and listed with its count."""
     unregistered = unique_phone_number_id()
     change = message_change(unregistered)
     change["value"]["messages"].append({**change["value"]["messages"][0], "id": "wamid.two"})
     payload = notification([change, status_change(unregistered)])
+    waiting_before = metric(client, "intake_whatsapp_unrouted_changes")
     assert post_shared(client, payload).status_code == 200
     assert post_shared(client, payload).status_code == 200  # Meta's redelivery
     [row] = unrouted_rows(db, unregistered)  # the status is nobody's and not kept
@@ -288,6 +289,7 @@ def test_unrouted_change_is_kept_once_counted_and_answered_200(
         metric(client, "intake_webhooks_ignored_total", channel="whatsapp", reason="unrouted")
         == 2.0
     )
+    assert metric(client, "intake_whatsapp_unrouted_changes") == waiting_before + 1
     [listed] = [e for e in list_unrouted(db) if e.id == row.id]
     assert (listed.phone_number_id, listed.message_count) == (unregistered, 2)
     assert f"phone_number_id={unregistered}" in listed.line()
@@ -306,6 +308,7 @@ def test_unrouted_change_is_replayed_to_the_tenant_that_registers_its_number(
     change = message_change(number)
     assert post_shared(client, notification([change])).status_code == 200
     [row] = unrouted_rows(db, number)
+    waiting = metric(client, "intake_whatsapp_unrouted_changes")
     with pytest.raises(UnroutableChangeError, match=f"no tenant has registered.*{number}"):
         replay_unrouted(db, settings, change_ids=[row.id], dispatcher=dispatcher_for(settings))
     assert unrouted_rows(db, number)[0].routed_at is None
@@ -320,6 +323,7 @@ def test_unrouted_change_is_replayed_to_the_tenant_that_registers_its_number(
     [routed] = unrouted_rows(db, number)
     assert (routed.routed_tenant_id, routed.routed_at is not None) == (tenant.id, True)
     assert row.id not in {e.id for e in list_unrouted(db)}
+    assert metric(client, "intake_whatsapp_unrouted_changes") == waiting - 1
     with pytest.raises(UnroutableChangeError, match="already replayed"):
         replay_unrouted(db, settings, change_ids=[row.id], dispatcher=dispatcher_for(settings))
     assert len(stored(db, tenant.id)) == 1

@@ -52,10 +52,9 @@ class PhoneNumberRoutes:
     too, so a newly registered one is routed within `ttl_seconds` (earlier changes are kept
     as unrouted, to replay)."""
 
-    ttl_seconds = 5.0
-
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, ttl_seconds: float = 5.0) -> None:
         self.db = db
+        self.ttl_seconds = ttl_seconds
         self._cache: dict[str, tuple[float, uuid.UUID | None]] = {}
 
     def cached(self, phone_number_ids: Sequence[str]) -> dict[str, uuid.UUID | None] | None:
@@ -70,11 +69,20 @@ class PhoneNumberRoutes:
         return found
 
     def get(self, phone_number_ids: Sequence[str]) -> dict[str, uuid.UUID | None]:
+        """Raises SQLAlchemyError when the database fails and a number was never read."""
         hit = self.cached(phone_number_ids)
         if hit is not None:
             return hit
-        with self.db.sessions() as session:
-            registered = tenants_of_phone_number_ids(session, phone_number_ids=phone_number_ids)
+        try:
+            with self.db.sessions() as session:
+                registered = tenants_of_phone_number_ids(session, phone_number_ids=phone_number_ids)
+        except SQLAlchemyError:
+            # A database outage should not unroute a known number: the last answer stands,
+            # so its messages still reach the accept path (which knows what to do when the
+            # database is down).
+            if all(p in self._cache for p in phone_number_ids):
+                return {p: self._cache[p][1] for p in phone_number_ids}
+            raise
         expires = time.monotonic() + self.ttl_seconds
         found: dict[str, uuid.UUID | None] = {}
         for phone_number_id in phone_number_ids:

@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import create_app
+from api.whatsapp_shared import PhoneNumberRoutes
 from intake.settings import Settings
 from models.db import Database
+from models.migrate import upgrade
 from models.schema import Message, UnroutedWhatsAppChange
 from tests.api.test_webhooks import wakeups
 from tests.api.webhook_payloads import SECRETS, signed, unique_digits
@@ -345,3 +349,30 @@ def test_replay_after_the_same_message_came_routed_stores_no_copy(
     new = replay_unrouted(db, settings, change_ids=[row.id], dispatcher=dispatcher_for(settings))
     assert new == 0
     assert len(stored(db, tenant.id)) == 1
+
+
+def test_a_known_number_keeps_its_tenant_while_the_database_fails(
+    tenant_in_sqlite: tuple[Database, uuid.UUID],
+) -> None:
+    """Past its few seconds, a cached route still stands when the database cannot be read;
+    a number never read is the database's error."""
+    db, tenant_id = tenant_in_sqlite
+    number = unique_phone_number_id()
+    register(db, tenant_id, number)
+    routes = PhoneNumberRoutes(db, ttl_seconds=0.0)  # every read goes to the database
+    assert routes.get([number]) == {number: tenant_id}
+    with db.engine.begin() as connection:
+        connection.execute(text("DROP TABLE whatsapp_phone_numbers"))
+    assert routes.get([number]) == {number: tenant_id}
+    with pytest.raises(SQLAlchemyError):
+        routes.get([number, unique_phone_number_id()])
+
+
+@pytest.fixture
+def tenant_in_sqlite(tmp_path: Path) -> Iterator[tuple[Database, uuid.UUID]]:
+    """A database of this test's own, since the test breaks it."""
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    upgrade(url)
+    db = Database(url)
+    yield db, make_tenant(db).id
+    db.dispose()

@@ -142,7 +142,8 @@ class UnroutedCollector(Collector):
 
 
 def _unrouted_of(phone_number_id: str, changes: Sequence[ParsedChange]) -> list[NewUnroutedChange]:
-    """The changes worth keeping: those carrying messages (a status of nobody's is dropped)."""
+    """The changes worth keeping: those carrying messages, kept as sent so that a replay
+    parses them with the parser of its day. A status of nobody's is not kept."""
     return [
         NewUnroutedChange(
             phone_number_id=phone_number_id,
@@ -152,7 +153,7 @@ def _unrouted_of(phone_number_id: str, changes: Sequence[ParsedChange]) -> list[
             message_count=len(c.parsed.messages),
         )
         for c in changes
-        if c.parsed.messages
+        if c.parsed.messages or c.change.carries_messages
     ]
 
 

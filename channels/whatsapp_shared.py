@@ -38,6 +38,12 @@ class Change:
     raw: dict[str, Any]  # as sent, made storable (see `storable_json`)
 
     @property
+    def carries_messages(self) -> bool:
+        """Whether Meta sent messages in it, whatever this parser makes of them today."""
+        value = self.raw.get("value")
+        return isinstance(value, dict) and bool(value.get("messages"))
+
+    @property
     def key(self) -> str:
         """Stable across Meta's redeliveries of the same notification, distinct otherwise."""
         canonical = json.dumps(

@@ -232,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     failed.add_argument("--tenant")
     failed.add_argument("--json", action="store_true")
     replay = add(
-        "replay", cmd_events_replay, "put failed messages back on the queue", event_commands
+        "replay",
+        cmd_events_replay,
+        "put failed messages back on the queue; route unrouted changes",
+        event_commands,
     )
     replay.add_argument("ids", nargs="+", metavar="ID")
     unrouted = add(

@@ -143,8 +143,7 @@ def test_shared_route_messages_become_contacts_of_their_own_tenants(
 def test_unrouted_change_is_kept_and_becomes_a_contact_once_replayed(
     http: httpx.Client, postgres_db: Database, worker: Workers, env: dict[str, str]
 ) -> None:
-    """A change for an unregistered number is 200 and kept; `intake events replay` after the
-    number is registered makes its sender a contact of that tenant."""
+    """An unrouted change, replayed after its number is registered, becomes that tenant's."""
     tenant = make_tenant(postgres_db)
     number, phone = unique_phone_number_id(), f"+1415{unique_digits(7)}"
     payload = notification([message_change(number, phone=phone, name="Ana Souza")])

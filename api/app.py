@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api import contacts, health, metrics, ratelimit, webhooks
+from api import contacts, health, metrics, ratelimit, webhooks, whatsapp_shared
 from api.errors import PROBLEM_JSON, install_error_handlers
 from intake.settings import Settings
 from models.db import Database
@@ -33,8 +33,10 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.db = db if db is not None else Database(settings.database_url)
     app.state.health_checks = list(health.DEFAULT_CHECKS)
     app.state.metrics = metrics.Metrics(app.state.db)
+    app.state.metrics.registry.register(whatsapp_shared.UnroutedCollector(app.state.db))
     app.state.rate_limiter = ratelimit.make_rate_limiter(settings)
     app.state.tenant_secrets = webhooks.TenantSecrets(app.state.db)
+    app.state.phone_number_routes = whatsapp_shared.PhoneNumberRoutes(app.state.db)
     app.state.celery = make_celery(settings)
     app.state.dispatcher = Dispatcher(settings, app.state.celery)
     app.state.accept_batcher = AcceptBatcher(app.state.db, app.state.dispatcher)
@@ -42,6 +44,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(webhooks.build_router())
+    app.include_router(whatsapp_shared.router)
     app.include_router(contacts.router)
 
     def openapi() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -70,7 +70,7 @@ class TenantSecrets:
         return secrets
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
@@ -81,6 +81,43 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def accept_parsed(
+    app: FastAPI, *, route: str, tenant_id: uuid.UUID, parsed: Parsed, request_id: str
+) -> None:
+    """Accept a verified request's messages for the tenant durably, count and log them.
+
+    The one accept path of every webhook route (the shared WhatsApp route too). Raises
+    WebhookRefusedError (403 replay, 503 unavailable); returning means committed.
+    """
+    metrics: Metrics = app.state.metrics
+    channel = route.split("/")[0]
+    if parsed.messages or parsed.nonce:
+        nonce = (route, parsed.nonce) if parsed.nonce else None
+        try:
+            # Group commit: this request shares a transaction with those waiting beside it.
+            batcher: AcceptBatcher = app.state.accept_batcher
+            result = await batcher.accept(
+                tenant_id=tenant_id, messages=parsed.messages, nonce=nonce, request_id=request_id
+            )
+        except NonceReplayedError:
+            raise WebhookRefusedError(403, "replay", "this request was seen before") from None
+        except AcceptUnavailableError as exc:
+            raise WebhookRefusedError(503, "unavailable", str(exc)) from None
+        metrics.messages_accepted.labels(channel).inc(result.new)
+        metrics.messages_duplicate.labels(channel).inc(result.duplicates)
+    for reason in parsed.ignored:
+        metrics.webhooks_ignored.labels(channel, reason).inc()
+    log.info(
+        "webhook.accepted",
+        extra={
+            "channel": channel,
+            "tenant_id": str(tenant_id),
+            "messages": len(parsed.messages),
+            "ignored": list(parsed.ignored),
+        },
+    )
 
 
 def _answer(adapter: ChannelAdapter, parsed: Parsed) -> Response:
@@ -115,7 +152,7 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
         except ValueError:
             raise WebhookRefusedError(404, "unknown_tenant", "no such tenant") from None
         limit = MAX_EMAIL_BODY if channel == "email" else MAX_BODY
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
         try:
             secrets = app.state.tenant_secrets.cached(tenant)
             if secrets is None:
@@ -141,30 +178,8 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
         limited = await run_in_threadpool(webhook_limit, app, tenant_id=tenant)
         if limited is not None:
             raise WebhookRefusedError(429, "rate_limited", limited.detail, limited)
-        if parsed.messages or parsed.nonce:
-            nonce = (adapter.route, parsed.nonce) if parsed.nonce else None
-            try:
-                # Group commit: this request shares a transaction with those waiting beside it.
-                batcher: AcceptBatcher = app.state.accept_batcher
-                result = await batcher.accept(
-                    tenant_id=tenant, messages=parsed.messages, nonce=nonce, request_id=request_id
-                )
-            except NonceReplayedError:
-                raise WebhookRefusedError(403, "replay", "this request was seen before") from None
-            except AcceptUnavailableError as exc:
-                raise WebhookRefusedError(503, "unavailable", str(exc)) from None
-            metrics.messages_accepted.labels(channel).inc(result.new)
-            metrics.messages_duplicate.labels(channel).inc(result.duplicates)
-        for reason in parsed.ignored:
-            metrics.webhooks_ignored.labels(channel, reason).inc()
-        log.info(
-            "webhook.accepted",
-            extra={
-                "channel": channel,
-                "tenant_id": str(tenant),
-                "messages": len(parsed.messages),
-                "ignored": list(parsed.ignored),
-            },
+        await accept_parsed(
+            app, route=adapter.route, tenant_id=tenant, parsed=parsed, request_id=request_id
         )
         return _answer(adapter, parsed)
     except WebhookRefusedError as exc:

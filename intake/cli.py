@@ -22,6 +22,7 @@ from models.tenants import (
     create_tenant,
     get_tenant,
 )
+from models.whatsapp_routing import PhoneNumberIdError
 
 
 class CommandError(Exception):
@@ -98,7 +99,7 @@ def cmd_tenant_configure(settings: Settings, args: argparse.Namespace) -> None:
     try:
         with db.unit_of_work() as session:
             configure_tenant(session, tenant_id=_tenant_id(args.tenant_id), values=values)
-    except (InvalidTenantSettingError, TenantNotFoundError) as exc:
+    except (InvalidTenantSettingError, TenantNotFoundError, PhoneNumberIdError) as exc:
         raise CommandError(str(exc).strip("'\"")) from None
     print(f"configured {', '.join(sorted(values))} for tenant {args.tenant_id}")
 
@@ -134,12 +135,42 @@ def cmd_events_replay(settings: Settings, args: argparse.Namespace) -> None:
         except ValueError:
             raise CommandError(f"not a message id: {text!r}") from None
     from worker.events import UnknownEventError, replay
+    from worker.unrouted import (
+        UnroutableChangeError,
+        check_unrouted,
+        replay_unrouted,
+        unrouted_ids_among,
+    )
 
+    db = Database(settings.database_url)
+    # An id is a failed message or an unrouted shared-route change; every one is checked
+    # before anything is replayed.
+    unrouted = unrouted_ids_among(db, ids)
+    failed = [i for i in ids if i not in unrouted]
     try:
-        count = replay(Database(settings.database_url), settings, message_ids=ids)
-    except UnknownEventError as exc:
+        check_unrouted(db, change_ids=list(unrouted))
+        if failed or not unrouted:
+            count = replay(db, settings, message_ids=failed)
+            print(f"replayed {count} message(s)")
+        if unrouted:
+            routed = replay_unrouted(db, settings, change_ids=[i for i in ids if i in unrouted])
+            print(f"routed {len(unrouted)} unrouted change(s): {routed} new message(s)")
+    except (UnknownEventError, UnroutableChangeError) as exc:
         raise CommandError(str(exc)) from None
-    print(f"replayed {count} message(s)")
+
+
+def cmd_events_unrouted(settings: Settings, args: argparse.Namespace) -> None:
+    from worker.unrouted import list_unrouted
+
+    rows = list_unrouted(Database(settings.database_url))
+    if args.json:
+        print(json.dumps([row.to_json() for row in rows]))
+        return
+    if not rows:
+        print("no unrouted changes")
+        return
+    for row in rows:
+        print(row.line())
 
 
 def _redacted(url: str) -> str:
@@ -201,9 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     failed.add_argument("--tenant")
     failed.add_argument("--json", action="store_true")
     replay = add(
-        "replay", cmd_events_replay, "put failed messages back on the queue", event_commands
+        "replay",
+        cmd_events_replay,
+        "put failed messages back on the queue; route unrouted changes",
+        event_commands,
     )
     replay.add_argument("ids", nargs="+", metavar="ID")
+    unrouted = add(
+        "unrouted",
+        cmd_events_unrouted,
+        "shared-route WhatsApp changes for a phone_number_id no tenant registered",
+        event_commands,
+    )
+    unrouted.add_argument("--json", action="store_true")
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_DATABASE_URL = "sqlite:///./intake.db"
@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     rate_limit_webhooks_per_minute: int = Field(default=6000, ge=0)
 
     log_json: bool = False
+
+    # The operator's own Meta app, for the shared route `/webhooks/whatsapp` that serves every
+    # tenant (Meta allows one callback URL per app). Unset: that route answers 404.
+    whatsapp_app_secret: SecretStr = SecretStr("")
+    whatsapp_verify_token: SecretStr = SecretStr("")
 
     @field_validator("database_url")
     @classmethod

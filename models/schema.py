@@ -231,3 +231,41 @@ class WebhookNonce(Base):
     kind: Mapped[str] = mapped_column(String(20), primary_key=True)
     value: Mapped[str] = mapped_column(String(200), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class WhatsAppPhoneNumber(Base):
+    """A Meta `phone_number_id` a tenant registered: the shared WhatsApp route's address book."""
+
+    __tablename__ = "whatsapp_phone_numbers"
+
+    # The primary key is the lookup the shared route makes, and makes a number one tenant's.
+    phone_number_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UnroutedWhatsAppChange(Base):
+    """A shared-route change for a number no tenant had registered, kept until it is replayed.
+
+    It has no tenant until one registers the number: an operator's row, like the spool.
+    """
+
+    __tablename__ = "unrouted_whatsapp_changes"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    phone_number_id: Mapped[str] = mapped_column(String(64), index=True)
+    entry_id: Mapped[str | None] = mapped_column(String(64), default=None)  # the WABA id
+    change: Mapped[dict[str, Any]] = mapped_column(JSON)  # as Meta sent it
+    # SHA-256 of the change as sent: Meta's redelivery of the same notification is stored once.
+    change_key: Mapped[str] = mapped_column(String(64))
+    message_count: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    routed_at: Mapped[datetime | None] = mapped_column(default=None)
+    routed_tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id"), default=None
+    )
+
+    __table_args__ = (
+        Index("uq_unrouted_whatsapp_changes_key", "change_key", unique=True),
+        Index("ix_unrouted_whatsapp_changes_received", "received_at"),
+    )

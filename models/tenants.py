@@ -12,6 +12,11 @@ from sqlalchemy.orm import Session
 
 from models.identity import is_valid_region
 from models.schema import ApiKey, Tenant
+from models.whatsapp_routing import (
+    PHONE_NUMBER_ID_KEY,
+    parse_phone_number_ids,
+    set_phone_number_ids,
+)
 
 CHANNEL_SECRETS = frozenset(
     {
@@ -93,8 +98,15 @@ def configure_tenant(session: Session, *, tenant_id: uuid.UUID, values: dict[str
             if not value.isdigit() or not 1 <= int(value) <= 1000:
                 raise InvalidTenantSettingError("max_page_size takes a whole number 1-1000")
             tenant.max_page_size = int(value)
+        elif key == PHONE_NUMBER_ID_KEY:
+            # Its own table, not a secret: the shared WhatsApp route looks tenants up by it.
+            set_phone_number_ids(
+                session, tenant_id=tenant.id, phone_number_ids=parse_phone_number_ids(value)
+            )
         else:
-            known = ", ".join(sorted([*CHANNEL_SECRETS, "region", "max_page_size"]))
+            known = ", ".join(
+                sorted([*CHANNEL_SECRETS, "region", "max_page_size", PHONE_NUMBER_ID_KEY])
+            )
             raise InvalidTenantSettingError(f"unknown key {key!r}; known keys: {known}")
     tenant.secrets = new_secrets
     session.flush()

@@ -11,9 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -31,9 +30,9 @@ from models.migrate import upgrade
 from models.schema import Message
 from tests.factories import make_tenant
 from tests.signed import SAMPLES, post_signed, sign_sample
+from tests.support import REPO, wait_for
 from tests.worker.helpers import drain
 
-REPO = Path(__file__).resolve().parent.parent
 SIGNATURE_HEADERS = (
     "x-twilio-signature",
     "x-hub-signature-256",
@@ -67,14 +66,6 @@ def parse_lines(text: str) -> list[dict[str, Any]]:
         assert {"ts", "level", "logger", "event"} <= entry.keys(), line
         entries.append(entry)
     return entries
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)  # polling a condition with the deadline above
 
 
 def test_full_run_logs_request_ids_and_no_secrets_or_bodies(

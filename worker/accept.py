@@ -254,7 +254,7 @@ def _store_alone(db: Database, request: AcceptRequest) -> list[uuid.UUID]:
 
 def _wake(dispatcher: Dispatcher, tenant_id: uuid.UUID, new_ids: Sequence[uuid.UUID]) -> None:
     try:
-        dispatcher.dispatch(tenant_id, new_ids)
+        dispatcher.dispatch(tenant_id)
     except Exception as exc:  # the rows are committed; the reconciler will send them
         log.warning(
             "accept.dispatch_failed tenant=%s messages=%d error=%s",

@@ -53,7 +53,10 @@ class Dispatcher:
                 newly_set = self.redis.set(scheduled_key(tenant_id), 1, nx=True, ex=self._flag_ttl)
             except redis.RedisError as exc:
                 # Sending a task too many is harmless; sending none could strand the rows.
-                log.warning("dispatch.flag_unavailable tenant=%s error=%s", tenant_id, exc)
+                log.warning(
+                    "dispatch.flag_unavailable",
+                    extra={"tenant_id": str(tenant_id), "error": type(exc).__name__},
+                )
                 newly_set = True
             if not newly_set:
                 return False
@@ -71,7 +74,10 @@ class Dispatcher:
             try:
                 self.redis.set(scheduled_key(tenant_id), 1, ex=self._flag_ttl)
             except redis.RedisError as exc:
-                log.warning("dispatch.flag_unavailable tenant=%s error=%s", tenant_id, exc)
+                log.warning(
+                    "dispatch.flag_unavailable",
+                    extra={"tenant_id": str(tenant_id), "error": type(exc).__name__},
+                )
         self.send(tenant_id, countdown=countdown)
 
     def send(self, tenant_id: uuid.UUID, *, countdown: float | None = None) -> None:

@@ -64,12 +64,14 @@ def ingest_tenant_now(context: WorkerContext, *, tenant_id: uuid.UUID) -> DrainR
         countdown = min(2.0**attempts, settings.reconcile_after_seconds)
         context.dispatcher.dispatch_now(tenant_id, countdown=countdown * random.uniform(0.5, 1.0))
     log.info(
-        "ingest.drained tenant=%s handled=%d contacts_created=%d failed=%d retrying=%d",
-        tenant_id,
-        result.handled,
-        result.contacts_created,
-        result.failed,
-        len(result.retrying),
+        "ingest.drained",
+        extra={
+            "tenant_id": str(tenant_id),
+            "handled": result.handled,
+            "contacts_created": result.contacts_created,
+            "failed": result.failed,
+            "retrying": len(result.retrying),
+        },
     )
     return result
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.errors import Problem, ProblemError, unauthorized
 from api.ratelimit import enforce_api_limit
+from models.api_keys import holder_of_api_key, record_api_key_use
 from models.db import Database
-from models.schema import Tenant
-from models.tenants import tenant_for_api_key
+from models.schema import Tenant, utcnow
+
+log = logging.getLogger("intake.api")
 
 bearer = HTTPBearer(auto_error=False, description="The tenant's API key")
 
@@ -44,12 +48,24 @@ def _tenant(
     if credentials is None or not credentials.credentials:
         raise unauthorized("Send the API key as `Authorization: Bearer <api_key>`.")
     # Its own short session: the tenant is read-only here and outlives the request's transaction.
+    # Read on every request, never cached, so that a revoked key is refused at once everywhere.
     with db.sessions() as session:
-        tenant = tenant_for_api_key(session, api_key=credentials.credentials)
-    if tenant is None:
+        holder = holder_of_api_key(session, api_key=credentials.credentials)
+    if holder is None:
         raise unauthorized("The API key is not valid.")
-    enforce_api_limit(request.app, tenant_id=tenant.id)
-    return tenant
+    now = utcnow()
+    if holder.use_is_unrecorded(now):
+        try:
+            with db.unit_of_work() as session:
+                record_api_key_use(session, key_id=holder.key_id, now=now)
+        except SQLAlchemyError as exc:
+            # `last used` is advice for the operator: never a reason to refuse the request.
+            log.warning(
+                "api_key.last_used_failed",
+                extra={"key_id": str(holder.key_id), "error": type(exc).__name__},
+            )
+    enforce_api_limit(request.app, tenant_id=holder.tenant.id)
+    return holder.tenant
 
 
 TenantDep = Annotated[Tenant, Depends(_tenant)]

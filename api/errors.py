@@ -216,10 +216,8 @@ def _allowed_methods(request: Request) -> str:
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error(
-        "request.failed method=%s path=%s error=%s",
-        request.method,
-        request.url.path,
-        type(exc).__name__,
+        "request.failed",
+        extra={"method": request.method, "path": request.url.path, "error": type(exc).__name__},
         exc_info=exc,
     )
     return Problem(500, "Something went wrong on our side; the error has been logged.").response()

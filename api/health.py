@@ -61,7 +61,7 @@ def healthz(request: Request) -> HealthOut:
         try:
             check(request.app)
         except Exception as exc:  # any failure of a check is what this endpoint reports
-            log.warning("health.failed check=%s error=%s", name, type(exc).__name__)
+            log.warning("health.failed", extra={"check": name, "error": type(exc).__name__})
             failing.append({"field": name, "message": "does not answer"})
     if failing:
         names = ", ".join(f["field"] for f in failing)

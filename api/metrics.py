@@ -90,6 +90,12 @@ class Metrics:
             ["channel", "reason"],
             registry=self.registry,
         )
+        self.webhook_secret_used = Counter(
+            "intake_webhook_secret_used",
+            "Verified webhook requests by the secret that verified them (see --keep-previous)",
+            ["channel", "secret"],
+            registry=self.registry,
+        )
         self.messages_duplicate = Counter(
             "intake_messages_duplicate",
             "Redelivered messages acknowledged without a second copy",

@@ -117,9 +117,12 @@ class RedisRateLimiter:
         except redis.RedisError as exc:
             self._paused_until = self._clock() + REDIS_PAUSE_SECONDS
             log.warning(
-                "ratelimit.unavailable error=%s action=allowing for %.0f s",
-                type(exc).__name__,
-                REDIS_PAUSE_SECONDS,
+                "ratelimit.unavailable",
+                extra={
+                    "error": type(exc).__name__,
+                    "action": "allowing",
+                    "pause_seconds": REDIS_PAUSE_SECONDS,
+                },
             )
             return Decision(True)
         if int(count) > limit:
@@ -162,7 +165,7 @@ def enforce_api_limit(app: FastAPI, *, tenant_id: uuid.UUID) -> None:
     limit = settings.rate_limit_api_per_minute
     decision = _check(app, "api", limit, tenant_id)
     if not decision.allowed:
-        log.info("ratelimit.refused scope=api tenant=%s", tenant_id)
+        log.info("ratelimit.refused", extra={"scope": "api", "tenant_id": str(tenant_id)})
         raise ProblemError(_problem("API", limit, decision))
 
 

@@ -23,12 +23,13 @@ from api.metrics import Metrics
 from api.public_url import public_url
 from api.ratelimit import webhook_limit
 from api.schemas import Problem as ProblemSchema
+from api.webhook_secrets import parse_verified
 from channels.base import ChannelAdapter, ChannelError, Parsed, RawRequest
 from channels.registry import ADAPTERS
 from intake.logs import request_id_var
 from intake.settings import Settings
 from models.db import Database
-from models.tenants import TenantNotFoundError, get_tenant
+from models.tenants import ChannelSecrets, TenantNotFoundError, channel_secrets_of, get_tenant
 from worker.accept import AcceptUnavailableError, NonceReplayedError
 from worker.accept_batcher import AcceptBatcher
 
@@ -53,19 +54,19 @@ class TenantSecrets:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._cache: dict[uuid.UUID, tuple[float, dict[str, str]]] = {}
+        self._cache: dict[uuid.UUID, tuple[float, ChannelSecrets]] = {}
 
-    def cached(self, tenant_id: uuid.UUID) -> dict[str, str] | None:
+    def cached(self, tenant_id: uuid.UUID) -> ChannelSecrets | None:
         """The secrets if they were read recently: no database, so no worker thread needed."""
         hit = self._cache.get(tenant_id)
         return hit[1] if hit and hit[0] > time.monotonic() else None
 
-    def get(self, tenant_id: uuid.UUID) -> dict[str, str]:
+    def get(self, tenant_id: uuid.UUID) -> ChannelSecrets:
         hit = self.cached(tenant_id)
         if hit is not None:
             return hit
         with self.db.sessions() as session:
-            secrets = dict(get_tenant(session, tenant_id=tenant_id).secrets)
+            secrets = channel_secrets_of(get_tenant(session, tenant_id=tenant_id))
         self._cache[tenant_id] = (time.monotonic() + self.ttl_seconds, secrets)
         return secrets
 
@@ -172,9 +173,10 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             query=dict(request.query_params),
         )
         try:
-            parsed = adapter.parse(raw, secrets, datetime.now(UTC))
+            parsed, secret_used = parse_verified(adapter, raw, secrets, datetime.now(UTC))
         except ChannelError as exc:
             raise WebhookRefusedError(exc.status, exc.reason, str(exc)) from None
+        metrics.webhook_secret_used.labels(channel, secret_used).inc()
         limited = await run_in_threadpool(webhook_limit, app, tenant_id=tenant)
         if limited is not None:
             raise WebhookRefusedError(429, "rate_limited", limited.detail, limited)

@@ -8,13 +8,23 @@ import logging
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from pydantic import ValidationError
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 
+from intake.durations import InvalidDurationError, parse_duration
 from intake.logs import configure_logging
 from intake.settings import Settings, get_settings
+from models.api_keys import (
+    ApiKeyNotFoundError,
+    InvalidApiKeyNameError,
+    issue_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
 from models.db import Database
+from models.schema import ApiKey
 from models.tenants import (
     InvalidTenantSettingError,
     TenantNotFoundError,
@@ -95,13 +105,93 @@ def cmd_tenant_configure(settings: Settings, args: argparse.Namespace) -> None:
         if not sep or not key:
             raise CommandError(f"expected KEY=VALUE, got {pair!r}")
         values[key.strip()] = value
+    try:
+        keep = parse_duration(args.keep_previous) if args.keep_previous else None
+    except InvalidDurationError as exc:
+        raise CommandError(str(exc)) from None
     db = Database(settings.database_url)
     try:
         with db.unit_of_work() as session:
-            configure_tenant(session, tenant_id=_tenant_id(args.tenant_id), values=values)
+            tenant = configure_tenant(
+                session, tenant_id=_tenant_id(args.tenant_id), values=values, keep_previous=keep
+            )
+            previous = dict(tenant.previous_secrets or {})
     except (InvalidTenantSettingError, TenantNotFoundError, PhoneNumberIdError) as exc:
         raise CommandError(str(exc).strip("'\"")) from None
     print(f"configured {', '.join(sorted(values))} for tenant {args.tenant_id}")
+    for name in sorted(set(values) & set(previous) if keep else ()):
+        print(f"the previous {name} stays valid until {previous[name]['expires_at']}")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment else None
+
+
+def _key_json(key: ApiKey) -> dict[str, str | None]:
+    return {
+        "id": str(key.id),
+        "name": key.name,
+        "created_at": _iso(key.created_at),
+        "last_used_at": _iso(key.last_used_at),
+        "revoked_at": _iso(key.revoked_at),
+    }
+
+
+def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
+    tenant_id = _tenant_id(args.tenant_id)
+    db = Database(settings.database_url)
+    try:
+        with db.unit_of_work() as session:
+            get_tenant(session, tenant_id=tenant_id)
+            new = issue_api_key(session, tenant_id=tenant_id, name=args.name)
+            key_id, name = str(new.key.id), new.key.name
+    except (TenantNotFoundError, InvalidApiKeyNameError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"id": key_id, "name": name, "api_key": new.api_key}))
+    else:
+        print(f"id: {key_id}")
+        print(f"name: {name or ''}")
+        print(f"api_key: {new.api_key}")
+        print("The API key is shown only this once: keep it now.", file=sys.stderr)
+
+
+def cmd_key_list(settings: Settings, args: argparse.Namespace) -> None:
+    tenant_id = _tenant_id(args.tenant_id)
+    db = Database(settings.database_url)
+    try:
+        with db.sessions() as session:
+            get_tenant(session, tenant_id=tenant_id)
+            keys = [_key_json(key) for key in list_api_keys(session, tenant_id=tenant_id)]
+    except TenantNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps(keys))
+        return
+    for key in keys:
+        state = f"revoked {key['revoked_at']}" if key["revoked_at"] else "active"
+        print(
+            f"{key['id']}  name={key['name'] or '-'}  created={key['created_at']}  "
+            f"last_used={key['last_used_at'] or 'never'}  {state}"
+        )
+
+
+def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    try:
+        key_id = uuid.UUID(args.key_id)
+    except ValueError:
+        raise CommandError(f"not a key id: {args.key_id!r}") from None
+    db = Database(settings.database_url)
+    try:
+        with db.unit_of_work() as session:
+            key, revoked_now = revoke_api_key(session, key_id=key_id)
+            revoked_at = _iso(key.revoked_at)
+    except ApiKeyNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+    if revoked_now:
+        print(f"revoked key {key_id}")
+    else:
+        print(f"key {key_id} was already revoked at {revoked_at}")
 
 
 def cmd_events_failed(settings: Settings, args: argparse.Namespace) -> None:
@@ -223,6 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
     configure = add("configure", cmd_tenant_configure, "set channel secrets", tenant_commands)
     configure.add_argument("tenant_id")
     configure.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    configure.add_argument(
+        "--keep-previous",
+        metavar="DURATION",
+        help="each secret replaced stays valid this long beside the new one (90s, 30m, 24h, 2d)",
+    )
+
+    key = commands.add_parser("key", help="a tenant's API keys")
+    key_commands = key.add_subparsers(dest="key_command", required=True)
+    key_create = add("create", cmd_key_create, "another API key for a tenant", key_commands)
+    key_create.add_argument("tenant_id")
+    key_create.add_argument("--name", help="what the key is for, shown by `key list`")
+    key_create.add_argument("--json", action="store_true")
+    key_list = add("list", cmd_key_list, "a tenant's keys, never the keys themselves", key_commands)
+    key_list.add_argument("tenant_id")
+    key_list.add_argument("--json", action="store_true")
+    key_revoke = add("revoke", cmd_key_revoke, "refuse a key from now on", key_commands)
+    key_revoke.add_argument("key_id")
 
     events = commands.add_parser("events", help="failed inbound messages")
     event_commands = events.add_subparsers(dest="events_command", required=True)

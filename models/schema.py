@@ -65,6 +65,8 @@ class Tenant(Base):
     max_page_size: Mapped[int] = mapped_column(Integer, default=100)
     # Channel secrets are kept as given: an HMAC needs the secret itself, so it cannot be hashed.
     secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Secrets replaced with an overlap: {name: {"value": …, "expires_at": ISO 8601}}.
+    previous_secrets: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -75,7 +77,9 @@ class ApiKey(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
     # SHA-256 of the key: keys are 256 random bits, so a fast hash is enough and lookups stay O(1).
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(100), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.api_keys import issue_api_key
 from models.identity import is_valid_region
-from models.schema import ApiKey, Tenant
+from models.schema import Tenant, utcnow
 from models.whatsapp_routing import (
     PHONE_NUMBER_ID_KEY,
     parse_phone_number_ids,
@@ -28,7 +28,8 @@ CHANNEL_SECRETS = frozenset(
         "email_webhook_secret",
     }
 )
-API_KEY_PREFIX = "intk_"
+# The longest a replaced secret may stay valid beside its successor.
+MAX_KEEP_PREVIOUS = timedelta(days=30)
 
 
 class TenantNotFoundError(LookupError):
@@ -40,13 +41,23 @@ class InvalidTenantSettingError(ValueError):
 
 
 @dataclass(frozen=True)
+class ChannelSecrets:
+    """A tenant's channel secrets, and those replaced with an overlap with when each stops."""
+
+    current: Mapping[str, str]
+    previous: Mapping[str, tuple[str, datetime]] = field(default_factory=dict)
+
+    def previous_at(self, now: datetime) -> dict[str, str] | None:
+        """The secrets with each replaced one still valid at `now` in its successor's place;
+        None when no replaced secret is valid at `now`."""
+        valid = {name: value for name, (value, until) in self.previous.items() if now < until}
+        return {**self.current, **valid} if valid else None
+
+
+@dataclass(frozen=True)
 class NewTenant:
     tenant: Tenant
     api_key: str  # shown once; only its hash is stored
-
-
-def hash_api_key(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
 
 
 def create_tenant(session: Session, *, name: str, region: str = "US") -> NewTenant:
@@ -58,14 +69,8 @@ def create_tenant(session: Session, *, name: str, region: str = "US") -> NewTena
     tenant = Tenant(name=name, region=region.upper(), max_page_size=100, secrets={})
     session.add(tenant)
     session.flush()
-    return NewTenant(tenant=tenant, api_key=issue_api_key(session, tenant_id=tenant.id))
-
-
-def issue_api_key(session: Session, *, tenant_id: uuid.UUID) -> str:
-    api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(tenant_id=tenant_id, key_hash=hash_api_key(api_key)))
-    session.flush()
-    return api_key
+    new_key = issue_api_key(session, tenant_id=tenant.id, name="default")
+    return NewTenant(tenant=tenant, api_key=new_key.api_key)
 
 
 def get_tenant(session: Session, *, tenant_id: uuid.UUID) -> Tenant:
@@ -75,21 +80,66 @@ def get_tenant(session: Session, *, tenant_id: uuid.UUID) -> Tenant:
     return tenant
 
 
-def tenant_for_api_key(session: Session, *, api_key: str) -> Tenant | None:
-    return session.scalars(
-        select(Tenant)
-        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-        .where(ApiKey.key_hash == hash_api_key(api_key), ApiKey.revoked_at.is_(None))
-    ).one_or_none()
+def channel_secrets_of(tenant: Tenant) -> ChannelSecrets:
+    previous = {
+        name: (entry["value"], datetime.fromisoformat(entry["expires_at"]))
+        for name, entry in (tenant.previous_secrets or {}).items()
+    }
+    return ChannelSecrets(current=dict(tenant.secrets), previous=previous)
 
 
-def configure_tenant(session: Session, *, tenant_id: uuid.UUID, values: dict[str, str]) -> Tenant:
-    """Set channel secrets (and `region`, `max_page_size`); unknown keys are refused whole."""
+def _replace_secret(
+    secrets: dict[str, str],
+    previous: dict[str, dict[str, str]],
+    *,
+    name: str,
+    value: str,
+    keep_until: datetime | None,
+) -> None:
+    """Set one secret; with `keep_until`, the value it replaces stays valid until then.
+
+    Only the latest replaced value is kept. A replacement without an overlap ends any overlap
+    of that secret at once: the operator means only the new one from now on.
+    """
+    old = secrets.get(name)
+    if old == value:
+        return
+    if keep_until is not None and old:
+        previous[name] = {"value": old, "expires_at": keep_until.isoformat()}
+    else:
+        previous.pop(name, None)
+    secrets[name] = value
+
+
+def configure_tenant(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    values: dict[str, str],
+    keep_previous: timedelta | None = None,
+    now: datetime | None = None,
+) -> Tenant:
+    """Set channel secrets (and `region`, `max_page_size`); unknown keys are refused whole.
+
+    With `keep_previous`, each secret replaced stays valid that long beside the new one.
+    """
+    if keep_previous is not None and not timedelta(0) < keep_previous <= MAX_KEEP_PREVIOUS:
+        raise InvalidTenantSettingError(
+            f"keep-previous takes a duration above 0 and up to {MAX_KEEP_PREVIOUS.days} days"
+        )
+    now = now or utcnow()
+    keep_until = now + keep_previous if keep_previous is not None else None
     tenant = get_tenant(session, tenant_id=tenant_id)
     new_secrets = dict(tenant.secrets)
+    # Overlaps already over are dropped here, so the column only ever holds a few live entries.
+    previous = {
+        name: entry
+        for name, entry in (tenant.previous_secrets or {}).items()
+        if datetime.fromisoformat(entry["expires_at"]) > now
+    }
     for key, value in values.items():
         if key in CHANNEL_SECRETS:
-            new_secrets[key] = value
+            _replace_secret(new_secrets, previous, name=key, value=value, keep_until=keep_until)
         elif key == "region":
             if not is_valid_region(value):
                 raise InvalidTenantSettingError(f"unknown region {value!r}")
@@ -109,5 +159,6 @@ def configure_tenant(session: Session, *, tenant_id: uuid.UUID, values: dict[str
             )
             raise InvalidTenantSettingError(f"unknown key {key!r}; known keys: {known}")
     tenant.secrets = new_secrets
+    tenant.previous_secrets = previous or None
     session.flush()
     return tenant

@@ -22,6 +22,8 @@ from models.migrate import upgrade
 PG_ADMIN_DSN = os.environ.get("INTAKE_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres")
 REDIS_BASE_URL = os.environ.get("INTAKE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REQUIRE_SERVICES = os.environ.get("INTAKE_REQUIRE_SERVICES") == "1"
+# Marks a Redis database number as this run's; a test that empties its database must keep it.
+REDIS_CLAIM_KEY = "intake:test:claim"
 
 
 def _unavailable(what: str, error: Exception) -> None:
@@ -103,9 +105,9 @@ def redis_url() -> Iterator[str]:
     for number in range(1, 16):
         client = redis.Redis.from_url(f"{REDIS_BASE_URL}/{number}")
         # A claim expires by itself, so a crashed run frees its database within the hour.
-        if client.set("intake:test:claim", token, nx=True, ex=3600):
+        if client.set(REDIS_CLAIM_KEY, token, nx=True, ex=3600):
             client.flushdb()
-            client.set("intake:test:claim", token, ex=3600)
+            client.set(REDIS_CLAIM_KEY, token, ex=3600)
             url = f"{REDIS_BASE_URL}/{number}"
             yield url
             client.flushdb()

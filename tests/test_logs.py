@@ -4,16 +4,17 @@ worker's lines about the message, and never a secret, an API key, a signature or
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -31,9 +32,13 @@ from models.migrate import upgrade
 from models.schema import Message
 from tests.factories import make_tenant
 from tests.signed import SAMPLES, post_signed, sign_sample
+from tests.support import REPO, wait_for
 from tests.worker.helpers import drain
 
-REPO = Path(__file__).resolve().parent.parent
+# An event is a bare dotted name; what it is about goes in fields, so `--log-json` can query it.
+EVENT_NAME = re.compile(r"[a-z_]+(\.[a-z_]+)+")
+PACKAGES = ("api", "worker", "models", "channels", "intake")
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
 SIGNATURE_HEADERS = (
     "x-twilio-signature",
     "x-hub-signature-256",
@@ -67,14 +72,6 @@ def parse_lines(text: str) -> list[dict[str, Any]]:
         assert {"ts", "level", "logger", "event"} <= entry.keys(), line
         entries.append(entry)
     return entries
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)  # polling a condition with the deadline above
 
 
 def test_full_run_logs_request_ids_and_no_secrets_or_bodies(
@@ -120,10 +117,12 @@ def test_full_run_logs_request_ids_and_no_secrets_or_bodies(
     entries = parse_lines(text)
     accepted = {e.get("request_id") for e in entries if e["event"] == "webhook.accepted"}
     handled = {
-        (e.get("request_id"), e["event"].split("message=")[1].split()[0])
+        (e.get("request_id"), e["message_id"])
         for e in entries
-        if e["event"].startswith("ingest.message_handled")
+        if e["event"] == "ingest.message_handled"
     }
+    ours = [e for e in entries if e["logger"].split(".")[0] in PACKAGES]
+    assert [e["event"] for e in ours if not EVENT_NAME.fullmatch(e["event"])] == []
     assert len(messages) == 8
     for message in messages:
         assert (message.request_id or "").startswith("req-")
@@ -195,6 +194,37 @@ def test_worker_logs_json_with_the_webhooks_request_id(tmp_path: Path) -> None:
                 worker.wait(timeout=10)
         db.dispose()
     entries = parse_lines(stderr_path.read_text())
-    [line] = [e for e in entries if e["event"].startswith("ingest.message_handled")]
+    [line] = [e for e in entries if e["event"] == "ingest.message_handled"]
     assert line["request_id"] == request_id
     assert any(e["logger"].startswith("celery") for e in entries)
+
+
+def _log_calls(tree: ast.AST) -> list[ast.Call]:
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in LOG_METHODS
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id in {"log", "logger", "logging"}
+    ]
+
+
+def test_every_log_call_names_an_event_and_passes_its_fields_as_fields() -> None:
+    """No log call in our packages formats values into its message: one literal event name,
+    no %-arguments, no f-string; the values go in `extra=`."""
+    offenders = []
+    calls = 0
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            for call in _log_calls(ast.parse(path.read_text(), str(path))):
+                calls += 1
+                first = call.args[0] if call.args else None
+                literal = isinstance(first, ast.Constant) and isinstance(first.value, str)
+                if (
+                    len(call.args) != 1 or not literal or not EVENT_NAME.fullmatch(first.value)  # type: ignore[union-attr]
+                ):
+                    offenders.append(f"{path.relative_to(REPO)}:{call.lineno}")
+    assert calls >= 18  # the scan would prove nothing if it found no calls
+    assert offenders == []

@@ -226,7 +226,9 @@ _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeou
 
 
 def _unavailable(exc: Exception, *, tenant_id: uuid.UUID | None = None) -> AcceptUnavailableError:
-    log.warning("accept.unavailable tenant=%s error=%s", tenant_id, type(exc).__name__)
+    log.warning(
+        "accept.unavailable", extra={"tenant_id": str(tenant_id), "error": type(exc).__name__}
+    )
     error = AcceptUnavailableError("the message store is unavailable")
     error.__cause__ = exc
     return error
@@ -254,13 +256,15 @@ def _store_alone(db: Database, request: AcceptRequest) -> list[uuid.UUID]:
 
 def _wake(dispatcher: Dispatcher, tenant_id: uuid.UUID, new_ids: Sequence[uuid.UUID]) -> None:
     try:
-        dispatcher.dispatch(tenant_id, new_ids)
+        dispatcher.dispatch(tenant_id)
     except Exception as exc:  # the rows are committed; the reconciler will send them
         log.warning(
-            "accept.dispatch_failed tenant=%s messages=%d error=%s",
-            tenant_id,
-            len(new_ids),
-            type(exc).__name__,
+            "accept.dispatch_failed",
+            extra={
+                "tenant_id": str(tenant_id),
+                "messages": len(new_ids),
+                "error": type(exc).__name__,
+            },
         )
 
 
@@ -309,7 +313,10 @@ def accept_batch(
     except _UNAVAILABLE as exc:
         return [_unavailable(exc, tenant_id=r.tenant_id) for r in requests]
     except Exception as exc:
-        log.warning("accept.batch_failed requests=%d error=%s", len(requests), type(exc).__name__)
+        log.warning(
+            "accept.batch_failed",
+            extra={"requests": len(requests), "error": type(exc).__name__},
+        )
         return [_accept_alone(db, dispatcher, request) for request in requests]
     outcomes: list[AcceptResult | Exception] = []
     woken: dict[uuid.UUID, list[uuid.UUID]] = {}

@@ -158,7 +158,7 @@ class AcceptBatcher:
         try:
             outcomes = accept_batch(self.db, self.dispatcher, requests=[w.request for w in batch])
         except Exception as exc:  # accept_batch hands errors back; this is a bug of ours
-            log.exception("accept.batcher_failed requests=%d", len(batch))
+            log.exception("accept.batcher_failed", extra={"requests": len(batch)})
             outcomes = [exc] * len(batch)
         self.batches += 1
         for waiting, outcome in zip(batch, outcomes, strict=True):

@@ -7,8 +7,8 @@ commits its row *before* setting the flag, and the drain deletes the flag *befor
 pending rows, so every committed row is read by some drain. Without Redis (embedded), each
 accept call sends its own task.
 
-The task carries the tenant id and the ids that triggered it, for logs only: the rows in the
-database are the source of truth, and the queue only carries the wake-up.
+The task carries the tenant id alone: the rows in the database are the source of truth, and
+the queue only carries the wake-up.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -27,8 +26,6 @@ log = logging.getLogger(__name__)
 
 INGEST_TASK = "intake.ingest_tenant"
 RECONCILE_TASK = "intake.reconcile"
-# The task's argument only names a few ids; a drain reads every pending row of the tenant anyway.
-MAX_IDS_IN_TASK = 100
 
 
 def scheduled_key(tenant_id: uuid.UUID | str) -> str:
@@ -49,22 +46,21 @@ class Dispatcher:
         # reconciler bypasses it meanwhile.
         self._flag_ttl = max(1, math.ceil(settings.reconcile_after_seconds))
 
-    @property
-    def coalesces(self) -> bool:
-        return self.redis is not None
-
-    def dispatch(self, tenant_id: uuid.UUID, message_ids: Sequence[uuid.UUID]) -> bool:
+    def dispatch(self, tenant_id: uuid.UUID) -> bool:
         """Wake a drain for `tenant_id` unless one is already queued; True if a task was sent."""
         if self.redis is not None:
             try:
                 newly_set = self.redis.set(scheduled_key(tenant_id), 1, nx=True, ex=self._flag_ttl)
             except redis.RedisError as exc:
                 # Sending a task too many is harmless; sending none could strand the rows.
-                log.warning("dispatch.flag_unavailable tenant=%s error=%s", tenant_id, exc)
+                log.warning(
+                    "dispatch.flag_unavailable",
+                    extra={"tenant_id": str(tenant_id), "error": type(exc).__name__},
+                )
                 newly_set = True
             if not newly_set:
                 return False
-        self.send(tenant_id, message_ids)
+        self.send(tenant_id)
         return True
 
     def clear_flag(self, tenant_id: uuid.UUID) -> None:
@@ -72,30 +68,20 @@ class Dispatcher:
         if self.redis is not None:
             self.redis.delete(scheduled_key(tenant_id))
 
-    def dispatch_now(
-        self,
-        tenant_id: uuid.UUID,
-        message_ids: Sequence[uuid.UUID],
-        *,
-        countdown: float | None = None,
-    ) -> None:
+    def dispatch_now(self, tenant_id: uuid.UUID, *, countdown: float | None = None) -> None:
         """Send a drain whatever the flag says: for the reconciler and for retries of errors."""
         if self.redis is not None and countdown is None:
             try:
                 self.redis.set(scheduled_key(tenant_id), 1, ex=self._flag_ttl)
             except redis.RedisError as exc:
-                log.warning("dispatch.flag_unavailable tenant=%s error=%s", tenant_id, exc)
-        self.send(tenant_id, message_ids, countdown=countdown)
+                log.warning(
+                    "dispatch.flag_unavailable",
+                    extra={"tenant_id": str(tenant_id), "error": type(exc).__name__},
+                )
+        self.send(tenant_id, countdown=countdown)
 
-    def send(
-        self,
-        tenant_id: uuid.UUID,
-        message_ids: Sequence[uuid.UUID],
-        *,
-        countdown: float | None = None,
-    ) -> None:
-        ids = [str(m) for m in message_ids[:MAX_IDS_IN_TASK]]
-        self._app.send_task(INGEST_TASK, args=[str(tenant_id), ids], countdown=countdown)
+    def send(self, tenant_id: uuid.UUID, *, countdown: float | None = None) -> None:
+        self._app.send_task(INGEST_TASK, args=[str(tenant_id)], countdown=countdown)
 
 
 def make_dispatcher(settings: Settings, celery_app: Any | None = None) -> Dispatcher:

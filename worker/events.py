@@ -112,6 +112,6 @@ def replay(
             )
     if dispatcher is None:
         dispatcher = make_dispatcher(settings)
-    for tenant_id, ids in by_tenant.items():
-        dispatcher.dispatch_now(tenant_id, ids)
+    for tenant_id in by_tenant:
+        dispatcher.dispatch_now(tenant_id)
     return len(wanted)

@@ -480,10 +480,8 @@ def ingest_batch(
         outcome.contacts_created = len(plan.new_contacts)
     except Exception as exc:  # redone row by row below, so only the faulty row is charged
         log.info(
-            "ingest.batch_conflict tenant=%s rows=%d error=%s",
-            tenant_id,
-            len(rows),
-            type(exc).__name__,
+            "ingest.batch_conflict",
+            extra={"tenant_id": str(tenant_id), "rows": len(rows), "error": type(exc).__name__},
         )
         outcome = BatchOutcome()
         for row in rows:
@@ -543,12 +541,14 @@ def _record_errors(
             }
         )
         log.warning(
-            "ingest.message_error tenant=%s message=%s attempt=%d error=%s",
-            tenant_id,
-            message_id,
-            used,
-            error,
-            extra={"request_id": request_ids[message_id]},
+            "ingest.message_error",
+            extra={
+                "tenant_id": str(tenant_id),
+                "message_id": str(message_id),
+                "attempt": used,
+                "error": error,
+                "request_id": request_ids[message_id],
+            },
         )
     session.execute(
         update(MESSAGES)
@@ -569,11 +569,13 @@ def _log_handled(tenant_id: uuid.UUID, rows: Sequence[Row[Any]], outcome: BatchO
     for row in rows:
         if row.id not in outcome.errors:
             log.info(
-                "ingest.message_handled tenant=%s message=%s channel=%s",
-                tenant_id,
-                row.id,
-                row.channel,
-                extra={"request_id": row.request_id},
+                "ingest.message_handled",
+                extra={
+                    "tenant_id": str(tenant_id),
+                    "message_id": str(row.id),
+                    "channel": row.channel,
+                    "request_id": row.request_id,
+                },
             )
 
 

@@ -6,6 +6,9 @@ small timer thread (`ReconcileTimer`) that, each `reconcile_every_seconds`, send
 `reconcile` task; with Redis, `SET intake:reconcile:due NX EX <period>` lets only one worker
 of the fleet send it per period. No Celery beat process is needed, so docker-compose runs
 workers only. Re-sending is always safe: a drain of a tenant with nothing pending does nothing.
+
+The same task prunes what is kept only for a while: expired Idempotency-Keys and webhook
+nonces too old for any replay to pass the provider's own time check.
 """
 
 from __future__ import annotations
@@ -13,47 +16,74 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import uuid
-from collections import defaultdict
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from channels import mailgun
 from intake.settings import Settings
 from models.db import Database
+from models.idempotency import purge_expired_idempotency_keys
+from models.nonces import prune_webhook_nonces
 from models.schema import Message, utcnow
-from worker.dispatch import MAX_IDS_IN_TASK, RECONCILE_TASK, Dispatcher
+from worker.dispatch import RECONCILE_TASK, Dispatcher
 
 log = logging.getLogger(__name__)
 
 DUE_KEY = "intake:reconcile:due"
-# One sweep re-sends at most this many rows' worth of wake-ups; the next sweep takes the rest.
-SWEEP_LIMIT = 20_000
+# Mailgun refuses a timestamp more than MAX_AGE either side of now, so a token accepted once
+# can pass that check for at most 2 x MAX_AGE after; twice that again covers clock skew
+# between app processes. Mailgun's is the only nonce a webhook stores.
+NONCE_RETENTION = 4 * mailgun.MAX_AGE
 
 
 def reconcile(db: Database, dispatcher: Dispatcher, *, older_than_seconds: float) -> int:
     """Send a drain for every tenant with rows pending longer than `older_than_seconds`;
     returns how many tenants were woken."""
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-    # A sweep across tenants by design: it only reads ids, and each drain is tenant-scoped.
+    # A sweep across tenants by design: it only reads tenant ids, and each drain is scoped.
     with db.sessions() as session:
-        rows = session.execute(
-            select(Message.tenant_id, Message.id)
+        stale = session.execute(
+            select(Message.tenant_id, func.count())
             .where(Message.state == "pending", Message.accepted_at < cutoff)
-            .order_by(Message.accepted_at)
-            .limit(SWEEP_LIMIT)
+            .group_by(Message.tenant_id)
         ).all()
-    stale: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
-    for tenant_id, message_id in rows:
-        if len(stale[tenant_id]) < MAX_IDS_IN_TASK:
-            stale[tenant_id].append(message_id)
-    for tenant_id, ids in stale.items():
-        dispatcher.dispatch_now(tenant_id, ids)
+    for tenant_id, _count in stale:
+        dispatcher.dispatch_now(tenant_id)
     if stale:
-        log.info("reconcile.redispatched tenants=%d messages=%d", len(stale), len(rows))
+        log.info(
+            "reconcile.redispatched",
+            extra={"tenants": len(stale), "messages": sum(count for _, count in stale)},
+        )
     return len(stale)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    idempotency_keys: int
+    webhook_nonces: int
+
+
+def prune_expired(db: Database, *, now: datetime | None = None) -> Pruned:
+    """Delete expired Idempotency-Keys and nonces older than NONCE_RETENTION, in one commit."""
+    now = now or utcnow()
+    with db.unit_of_work() as session:
+        pruned = Pruned(
+            idempotency_keys=purge_expired_idempotency_keys(session, now=now),
+            webhook_nonces=prune_webhook_nonces(session, before=now - NONCE_RETENTION),
+        )
+    if pruned.idempotency_keys or pruned.webhook_nonces:
+        log.info(
+            "reconcile.pruned",
+            extra={
+                "idempotency_keys": pruned.idempotency_keys,
+                "webhook_nonces": pruned.webhook_nonces,
+            },
+        )
+    return pruned
 
 
 class ReconcileTimer:
@@ -83,7 +113,7 @@ class ReconcileTimer:
             try:
                 self.tick()
             except Exception as exc:  # the timer must outlive a broker or Redis outage
-                log.warning("reconcile.tick_failed error=%s", exc)
+                log.warning("reconcile.tick_failed", extra={"error": type(exc).__name__})
 
     def tick(self) -> bool:
         """Send the reconcile task if no other worker did this period; True if sent."""

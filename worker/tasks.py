@@ -20,7 +20,7 @@ from worker.context import WorkerContext, context_of
 from worker.dispatch import INGEST_TASK, RECONCILE_TASK
 from worker.ingestion import DrainResult, drain_tenant
 from worker.locks import LockWaitTimeoutError
-from worker.reconciler import reconcile
+from worker.reconciler import prune_expired, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,20 @@ def ingest_tenant_now(context: WorkerContext, *, tenant_id: uuid.UUID) -> DrainR
         budget_seconds=DRAIN_BUDGET_SECONDS,
     )
     if result.out_of_time or result.lost_lock:
-        context.dispatcher.dispatch_now(tenant_id, [])
+        context.dispatcher.dispatch_now(tenant_id)
     if result.retrying:
         attempts = max(result.retrying.values())
         countdown = min(2.0**attempts, settings.reconcile_after_seconds)
-        context.dispatcher.dispatch_now(
-            tenant_id, list(result.retrying), countdown=countdown * random.uniform(0.5, 1.0)
-        )
+        context.dispatcher.dispatch_now(tenant_id, countdown=countdown * random.uniform(0.5, 1.0))
     log.info(
-        "ingest.drained tenant=%s handled=%d contacts_created=%d failed=%d retrying=%d",
-        tenant_id,
-        result.handled,
-        result.contacts_created,
-        result.failed,
-        len(result.retrying),
+        "ingest.drained",
+        extra={
+            "tenant_id": str(tenant_id),
+            "handled": result.handled,
+            "contacts_created": result.contacts_created,
+            "failed": result.failed,
+            "retrying": len(result.retrying),
+        },
     )
     return result
 
@@ -79,17 +79,20 @@ def ingest_tenant_now(context: WorkerContext, *, tenant_id: uuid.UUID) -> DrainR
 def register(app: Any) -> None:
     """Register the tasks on `app`; they find their context through `self.app`."""
 
-    def ingest_tenant(self: Any, tenant_id: str, message_ids: list[str]) -> dict[str, int]:
+    # `*_queued_before` takes the message ids that tasks sent by earlier versions still carry.
+    def ingest_tenant(self: Any, tenant_id: str, *_queued_before: Any) -> dict[str, int]:
         result = ingest_tenant_now(context_of(self.app), tenant_id=uuid.UUID(tenant_id))
         return {"handled": result.handled, "failed": result.failed}
 
     def reconcile_task(self: Any) -> int:
         context = context_of(self.app)
-        return reconcile(
+        woken = reconcile(
             context.db,
             context.dispatcher,
             older_than_seconds=context.settings.reconcile_after_seconds,
         )
+        prune_expired(context.db)
+        return woken
 
     # Not shared: each app (one per settings) keeps its own tasks and finds its own context.
     app.task(name=INGEST_TASK, bind=True, shared=False, **RETRY_OPTIONS)(ingest_tenant)

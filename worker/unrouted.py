@@ -144,5 +144,5 @@ def replay_unrouted(
         dispatcher = make_dispatcher(settings)
     for tenant_id, ids in woken.items():
         if ids:
-            dispatcher.dispatch_now(tenant_id, ids)
+            dispatcher.dispatch_now(tenant_id)
     return sum(len(ids) for ids in woken.values())

@@ -45,8 +45,8 @@ def test_revoked_key_is_401(client: TestClient, db: Database, tenant: TenantFixt
     """A revoked API key no longer authenticates."""
     from sqlalchemy import update
 
+    from models.api_keys import hash_api_key
     from models.schema import ApiKey, utcnow
-    from models.tenants import hash_api_key
 
     assert client.get(CONTACTS, headers=tenant.auth).status_code == 200
     with db.unit_of_work() as session:

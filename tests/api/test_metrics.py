@@ -30,6 +30,7 @@ EXPECTED_FAMILIES = {
     "intake_webhooks_received": "counter",
     "intake_webhooks_rejected": "counter",
     "intake_webhooks_ignored": "counter",
+    "intake_webhook_secret_used": "counter",
     "intake_messages_accepted": "counter",
     "intake_messages_duplicate": "counter",
     "intake_messages_ingested": "counter",

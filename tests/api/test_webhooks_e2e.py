@@ -28,7 +28,7 @@ from tests.api.webhook_payloads import (
     unique_digits,
 )
 from tests.factories import TenantFixture, make_tenant
-from tests.worker.test_end_to_end import Workers, wait_for, worker_env
+from tests.support import Workers, wait_for, worker_env
 
 pytestmark = pytest.mark.e2e
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from models.api_keys import hash_api_key
 from models.db import Database
 from models.schema import ApiKey, Tenant
-from models.tenants import hash_api_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

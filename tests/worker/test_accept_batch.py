@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import Future
 
 import pytest
@@ -213,10 +212,10 @@ class _StalledDispatcher(Dispatcher):
         super().__init__(settings, make_celery(settings))
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def dispatch(self, tenant_id: uuid.UUID, message_ids: Sequence[uuid.UUID]) -> bool:
+    def dispatch(self, tenant_id: uuid.UUID) -> bool:
         self.entered.set()
         self.release.wait(30)
-        return super().dispatch(tenant_id, message_ids)
+        return super().dispatch(tenant_id)
 
 
 def test_a_request_cancelled_while_queued_is_skipped_and_the_batcher_carries_on(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 
 import pytest
 import redis
@@ -13,6 +11,7 @@ from sqlalchemy import text
 
 from models.db import Database
 from tests.factories import make_tenant
+from tests.support import wait_for
 from tests.worker.helpers import inbound, live_contacts, message_rows, store
 from worker.ingestion import drain_tenant, ingest_batch, select_pending
 from worker.locks import (
@@ -21,14 +20,6 @@ from worker.locks import (
     LockWaitTimeoutError,
     RedisTenantLocks,
 )
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        time.sleep(0.01)
 
 
 def test_redis_lock_is_exclusive_and_bounded(redis_client: redis.Redis) -> None:

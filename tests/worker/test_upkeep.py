@@ -9,18 +9,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from channels import mailgun
 from intake.settings import Settings
 from models.db import Database
-from models.schema import Message
+from models.schema import IdempotencyKey, Message, WebhookNonce
 from tests.factories import make_tenant
 from tests.worker.helpers import drain, inbound, message_rows, store
 from worker.celery_app import QUEUE, make_celery
 from worker.context import WorkerContext
-from worker.dispatch import Dispatcher, scheduled_key
+from worker.dispatch import RECONCILE_TASK, Dispatcher, scheduled_key
 from worker.events import UnknownEventError, list_failed, replay
-from worker.reconciler import DUE_KEY, ReconcileTimer, reconcile
+from worker.reconciler import DUE_KEY, NONCE_RETENTION, ReconcileTimer, prune_expired, reconcile
 from worker.tasks import ingest_tenant_now
 
 
@@ -139,3 +140,70 @@ def test_replay_refuses_unknown_or_unfailed_ids_whole(
     with pytest.raises(UnknownEventError):
         replay(db, settings, message_ids=[pending], dispatcher=dispatcher)
     assert [r.state for r in message_rows(db, tenant.id)] == ["pending"]
+
+
+def _keys_and_nonces(db: Database, tenant_id: uuid.UUID) -> tuple[set[str], set[str]]:
+    with db.sessions() as session:
+        keys = session.scalars(
+            select(IdempotencyKey.key).where(IdempotencyKey.tenant_id == tenant_id)
+        )
+        nonces = session.scalars(
+            select(WebhookNonce.value).where(WebhookNonce.tenant_id == tenant_id)
+        )
+        return set(keys), set(nonces)
+
+
+def _seed_expired_and_live(db: Database, tenant_id: uuid.UUID, now: datetime) -> None:
+    """An expired and a live Idempotency-Key; a nonce past the retention and one within it."""
+    with db.unit_of_work() as session:
+        for key, expires in (("expired", now - timedelta(seconds=1)), ("live", now + DAY)):
+            session.add(
+                IdempotencyKey(
+                    tenant_id=tenant_id,
+                    key=key,
+                    request_hash="0" * 64,
+                    created_at=expires - DAY,
+                    expires_at=expires,
+                )
+            )
+        ages = {"old": NONCE_RETENTION + timedelta(seconds=1), "recent": timedelta(minutes=10)}
+        for value, age in ages.items():
+            session.add(
+                WebhookNonce(
+                    tenant_id=tenant_id, kind="email/mailgun", value=value, created_at=now - age
+                )
+            )
+
+
+DAY = timedelta(days=1)
+
+
+def test_prune_deletes_expired_keys_and_nonces_past_any_replay(db: Database) -> None:
+    """Expired Idempotency-Keys and nonces older than the retention go; the others stay."""
+    tenant = make_tenant(db)
+    now = datetime.now(UTC)
+    _seed_expired_and_live(db, tenant.id, now)
+    pruned = prune_expired(db, now=now)
+    assert pruned.idempotency_keys >= 1
+    assert pruned.webhook_nonces >= 1
+    assert _keys_and_nonces(db, tenant.id) == ({"live"}, {"recent"})
+
+
+def test_nonces_outlive_every_timestamp_mailgun_would_still_accept() -> None:
+    """A token whose timestamp was up to 15 min ahead stays refusable until it is 15 min stale."""
+    assert NONCE_RETENTION >= 2 * mailgun.MAX_AGE
+
+
+def test_the_reconcile_task_prunes_on_its_timer(
+    db: Database, settings: Settings, redis_client: redis.Redis
+) -> None:
+    """The task the timer sends both re-wakes stale tenants and prunes what has expired."""
+    tenant = make_tenant(db)
+    now = datetime.now(UTC)
+    _seed_expired_and_live(db, tenant.id, now)
+    celery = make_celery(settings)
+    context = WorkerContext(settings, celery)
+    context.__dict__["db"] = db  # the test's engine, not a second pool on the same database
+    celery.intake_context = context
+    celery.tasks[RECONCILE_TASK]()
+    assert _keys_and_nonces(db, tenant.id) == ({"live"}, {"recent"})

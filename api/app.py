@@ -86,8 +86,8 @@ def _problem_json_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-# The routes that count against a tenant's rate limit: the Contacts API and the webhooks.
-RATE_LIMITED_PREFIXES = ("/api/", "/webhooks/")
+# The routes that count against a tenant's rate limit: the Contacts API (never the webhooks).
+RATE_LIMITED_PREFIXES = ("/api/",)
 
 
 def _rate_limited_openapi(schema: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import Problem
 from api.metrics import Metrics
 from api.public_url import public_url
-from api.ratelimit import webhook_limit
 from api.schemas import Problem as ProblemSchema
 from channels.base import ChannelAdapter, ChannelError, Parsed, RawRequest
 from channels.registry import ADAPTERS
@@ -138,9 +137,6 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             parsed = adapter.parse(raw, secrets, datetime.now(UTC))
         except ChannelError as exc:
             raise WebhookRefusedError(exc.status, exc.reason, str(exc)) from None
-        limited = await run_in_threadpool(webhook_limit, app, tenant_id=tenant)
-        if limited is not None:
-            raise WebhookRefusedError(429, "rate_limited", limited.detail, limited)
         if parsed.messages or parsed.nonce:
             nonce = (adapter.route, parsed.nonce) if parsed.nonce else None
             try:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import contacts, health, metrics, ratelimit, webhooks
+from api.bounded import BoundedCalls
 from api.errors import PROBLEM_JSON, install_error_handlers
 from intake.settings import Settings
 from models.db import Database
@@ -32,7 +33,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db if db is not None else Database(settings.database_url)
     app.state.health_checks = list(health.DEFAULT_CHECKS)
-    app.state.metrics = metrics.Metrics(app.state.db)
+    # /healthz and /metrics probes: bounded, on threads of their own (api/bounded.py).
+    app.state.probes = BoundedCalls()
+    app.state.metrics = metrics.Metrics(app.state.db, probes=app.state.probes)
     app.state.rate_limiter = ratelimit.make_rate_limiter(settings)
     app.state.tenant_secrets = webhooks.TenantSecrets(app.state.db)
     app.state.celery = make_celery(settings)
@@ -67,6 +70,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     # Accepts still queued are committed and answered before the process goes.
     await to_thread.run_sync(app.state.accept_batcher.close)
+    app.state.probes.shutdown()
 
 
 def _problem_json_openapi(schema: dict[str, Any]) -> dict[str, Any]:

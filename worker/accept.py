@@ -252,7 +252,8 @@ def _store_alone(db: Database, request: AcceptRequest) -> list[uuid.UUID]:
         raise _unavailable(exc, tenant_id=request.tenant_id) from exc
 
 
-def _wake(dispatcher: Dispatcher, tenant_id: uuid.UUID, new_ids: Sequence[uuid.UUID]) -> None:
+def wake(dispatcher: Dispatcher, tenant_id: uuid.UUID, new_ids: Sequence[uuid.UUID]) -> None:
+    """Wake a drain for committed rows; a failure is logged and left to the reconciler."""
     try:
         dispatcher.dispatch(tenant_id, new_ids)
     except Exception as exc:  # the rows are committed; the reconciler will send them
@@ -289,7 +290,7 @@ def accept(
     request = AcceptRequest(tenant_id, messages, nonce, request_id)
     new_ids = _store_alone(db, request)
     if new_ids:
-        _wake(dispatcher, tenant_id, new_ids)
+        wake(dispatcher, tenant_id, new_ids)
     return _result(request, new_ids)
 
 
@@ -303,14 +304,28 @@ def accept_batch(
     retries each request in a transaction of its own, so one bad request cannot fail the rest.
     Each tenant with new rows is woken once, after the commit.
     """
+    outcomes, woken = store_accepted(db, dispatcher, requests=requests)
+    for tenant_id, new_ids in woken.items():
+        wake(dispatcher, tenant_id, new_ids)
+    return outcomes
+
+
+def store_accepted(
+    db: Database, dispatcher: Dispatcher, *, requests: Sequence[AcceptRequest]
+) -> tuple[list[AcceptResult | Exception], dict[uuid.UUID, list[uuid.UUID]]]:
+    """`accept_batch` without its wake-ups: the outcomes, and the new row ids by tenant that
+    the caller must wake (after answering, so that a slow broker never delays a 2xx).
+
+    A request retried alone (after a batch error) is woken inside, as `accept` does.
+    """
     try:
         with db.unit_of_work() as session:
             stored = store_batch(session, requests=requests)
     except _UNAVAILABLE as exc:
-        return [_unavailable(exc, tenant_id=r.tenant_id) for r in requests]
+        return [_unavailable(exc, tenant_id=r.tenant_id) for r in requests], {}
     except Exception as exc:
         log.warning("accept.batch_failed requests=%d error=%s", len(requests), type(exc).__name__)
-        return [_accept_alone(db, dispatcher, request) for request in requests]
+        return [_accept_alone(db, dispatcher, request) for request in requests], {}
     outcomes: list[AcceptResult | Exception] = []
     woken: dict[uuid.UUID, list[uuid.UUID]] = {}
     for request, new_ids in zip(requests, stored, strict=True):
@@ -320,9 +335,7 @@ def accept_batch(
         outcomes.append(_result(request, new_ids))
         if new_ids:
             woken.setdefault(request.tenant_id, []).extend(new_ids)
-    for tenant_id, new_ids in woken.items():
-        _wake(dispatcher, tenant_id, new_ids)
-    return outcomes
+    return outcomes, woken
 
 
 def _accept_alone(

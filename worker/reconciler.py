@@ -18,13 +18,13 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
-import redis
 from sqlalchemy import select
 
 from intake.settings import Settings
 from models.db import Database
 from models.schema import Message, utcnow
 from worker.dispatch import MAX_IDS_IN_TASK, RECONCILE_TASK, Dispatcher
+from worker.redis_clients import make_redis
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ReconcileTimer:
     def __init__(self, settings: Settings, celery_app: Any) -> None:
         self._app = celery_app
         self._period = settings.reconcile_every_seconds
-        self._redis = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+        self._redis = make_redis(settings.redis_url) if settings.redis_url else None
         self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="intake-reconcile-timer", daemon=True

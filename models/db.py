@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-
 # Every PostgreSQL call has a bound, so that a stalled server (accepting connections, then
 # silent) or a lost network holds no request or drain for long: a connect gives up after
 # CONNECT_TIMEOUT, the server cancels a statement after STATEMENT_TIMEOUT and ends a session

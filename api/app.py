@@ -18,6 +18,7 @@ from models.db import Database
 from worker.accept_batcher import AcceptBatcher
 from worker.celery_app import make_celery
 from worker.dispatch import Dispatcher
+from worker.spool import Spool
 
 API_VERSION = "1.0.0"
 
@@ -41,6 +42,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.dispatcher = Dispatcher(settings, app.state.celery)
     app.state.accept_batcher = AcceptBatcher(app.state.db, app.state.dispatcher)
+    app.state.spool = Spool(settings.spool_dir, app.state.db, app.state.accept_batcher.waker)
+    app.state.metrics.watch_spool(app.state.spool)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -67,7 +70,10 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Segments a crashed process left behind are drained by this one.
+    await to_thread.run_sync(app.state.spool.start)
     yield
+    app.state.spool.close()
     # Accepts still queued are committed and answered before the process goes.
     await to_thread.run_sync(app.state.accept_batcher.close)
     app.state.probes.shutdown()

@@ -77,7 +77,11 @@ async def healthz(request: Request) -> HealthOut:
     checks: list[HealthCheck] = app.state.health_checks
     results = await asyncio.gather(*(_run_check(app, name, check) for name, check in checks))
     failing = [{"field": name, "message": "does not answer"} for name in results if name]
+    spooled = app.state.spool.stats().depth
     if failing:
         names = ", ".join(f["field"] for f in failing)
-        raise ProblemError(Problem(503, f"Not healthy: {names}.", errors=failing))
-    return HealthOut(status="ok")
+        detail = f"Not healthy: {names}."
+        if spooled:
+            detail += f" spooling: {spooled} verified messages wait on local disk."
+        raise ProblemError(Problem(503, detail, errors=failing))
+    return HealthOut(status="spooling" if spooled else "ok")

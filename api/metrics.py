@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api.bounded import BoundedCalls, ProbeTimeoutError
 from models.db import Database
 from models.stats import PipelineStats, pipeline_stats
+from worker.spool import Spool
 
 # A scrape must answer even with the database stalled: the pipeline figures wait this long.
 STATS_TIMEOUT_SECONDS = 3.0
@@ -75,6 +76,24 @@ class _PipelineCollector(Collector):
         )
 
 
+class _SpoolCollector(Collector):
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.spool.stats()
+        yield GaugeMetricFamily(
+            "intake_spool_depth",
+            "Verified messages in this process's spool, not yet moved into the database",
+            value=stats.depth,
+        )
+        yield GaugeMetricFamily(
+            "intake_spool_oldest_age_seconds",
+            "Age of the oldest message in this process's spool",
+            value=stats.oldest_age_seconds,
+        )
+
+
 class Metrics:
     """One registry per app, so that several apps in one process (tests) never share counts."""
 
@@ -110,7 +129,17 @@ class Metrics:
             ["channel"],
             registry=self.registry,
         )
+        self.messages_spooled = Counter(
+            "intake_messages_spooled",
+            "Messages appended to the local spool because the database could not take them",
+            ["channel", "cause"],
+            registry=self.registry,
+        )
         self.registry.register(_PipelineCollector(db, probes or BoundedCalls(threads=1)))
+
+    def watch_spool(self, spool: Spool) -> None:
+        """Serve the spool's depth and the age of its oldest entry."""
+        self.registry.register(_SpoolCollector(spool))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

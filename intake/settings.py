@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     broker_url: str = ""
     redis_url: str = ""
     public_url: str = ""
+    # Where verified webhooks are spooled while the database cannot take them; "" turns the
+    # spool off (the webhook then answers 503, as the provider must retry).
+    spool_dir: str = "./spool"
     trust_proxy: bool = False
 
     # Ingestion: how long an accepted message may wait before the reconciler re-enqueues it,

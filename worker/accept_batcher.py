@@ -167,12 +167,12 @@ class AcceptBatcher:
             log.exception("accept.batcher_failed requests=%d", len(batch))
             outcomes = [exc] * len(batch)
         self.batches += 1
-        # Answer first, then wake: the rows are committed, and a stalled broker must delay
-        # neither these answers nor the next batch's commit.
+        # The rows are committed: their wake-ups go to the waker's thread (handing them over
+        # never blocks), so a stalled broker delays neither these answers nor the next commit.
+        for tenant_id, new_ids in woken.items():
+            self.waker.wake_later(tenant_id, new_ids)
         for waiting, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 waiting.future.set_exception(outcome)
             else:
                 waiting.future.set_result(outcome)
-        for tenant_id, new_ids in woken.items():
-            self.waker.wake_later(tenant_id, new_ids)

@@ -28,15 +28,21 @@ class Waker:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._sending = 0
 
     def wake_later(self, tenant_id: uuid.UUID, message_ids: Sequence[uuid.UUID]) -> None:
         with self._cond:
             ids = self._pending.setdefault(tenant_id, [])
             ids.extend(message_ids[: max(0, MAX_IDS_IN_TASK - len(ids))])
-            self._cond.notify()
+            self._cond.notify_all()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="intake-waker", daemon=True)
                 self._thread.start()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every wake-up handed over so far was sent (or failed); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._sending, timeout)
 
     @property
     def pending(self) -> int:
@@ -48,7 +54,7 @@ class Waker:
         """Send what is pending (each send is bounded by the broker's timeouts) and stop."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -62,7 +68,14 @@ class Waker:
                     self._cond.wait(self.idle_seconds)
                 if not self._pending:
                     self._thread = None
+                    self._cond.notify_all()
                     return
                 tenant_id, ids = next(iter(self._pending.items()))
                 del self._pending[tenant_id]
-            wake(self.dispatcher, tenant_id, ids)
+                self._sending += 1
+            try:
+                wake(self.dispatcher, tenant_id, ids)
+            finally:
+                with self._cond:
+                    self._sending -= 1
+                    self._cond.notify_all()

@@ -25,7 +25,7 @@ from models.db import Database
 from models.schema import Message
 from tests.api.test_health import closed_port
 from tests.factories import TenantFixture, make_tenant
-from tests.signed import SAMPLES, post_sample, sign_sample
+from tests.signed import SAMPLES, post_sample
 
 CONTACTS = "/api/v1/contacts"
 
@@ -236,4 +236,5 @@ def test_openapi_documents_429_with_retry_after(app: FastAPI) -> None:
     webhooks = [
         op for path, ops in paths.items() if path.startswith("/webhooks/") for op in ops.values()
     ]
-    assert webhooks and all("429" not in op["responses"] for op in webhooks)
+    assert webhooks
+    assert all("429" not in op["responses"] for op in webhooks)

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import contacts, health, metrics, ratelimit, webhooks
+from api.body_limit import BodyLimitMiddleware
 from api.bounded import BoundedCalls
 from api.errors import PROBLEM_JSON, install_error_handlers
 from intake.settings import Settings
@@ -45,6 +46,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.spool = Spool(settings.spool_dir, app.state.db, app.state.accept_batcher.waker)
     app.state.metrics.watch_spool(app.state.spool)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(webhooks.build_router())

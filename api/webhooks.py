@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from api.bounded import BoundedCalls, ProbeTimeoutError
 from api.errors import Problem
@@ -50,6 +51,14 @@ class WebhookRefusedError(Exception):
         super().__init__(detail)
         self.status, self.reason, self.detail = status, reason, detail
         self.problem = problem or Problem(status, detail)
+
+
+class ClientGoneError(Exception):
+    """The client hung up before its body was complete: nothing to verify, no one to answer."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"client closed the connection after {received} bytes")
+        self.received = received
 
 
 class TenantSecrets:
@@ -109,11 +118,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # refused while reading, whatever Content-Length claimed
-            raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # refused while reading, whatever Content-Length claimed
+                raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGoneError(size) from None
     return b"".join(chunks)
 
 
@@ -223,7 +235,9 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             query=dict(request.query_params),
         )
         try:
-            parsed = adapter.parse(raw, secrets, datetime.now(UTC))
+            # On a worker thread: a large email's MIME and HTML parsing is seconds of pure
+            # Python, and on the event loop it would hold every other tenant's request.
+            parsed = await run_in_threadpool(adapter.parse, raw, secrets, datetime.now(UTC))
         except ChannelError as exc:
             raise WebhookRefusedError(exc.status, exc.reason, str(exc)) from None
         if parsed.messages or parsed.nonce:
@@ -241,6 +255,14 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             },
         )
         return _answer(adapter, parsed)
+    except ClientGoneError as exc:
+        # The provider's connection, not our failure: it retries as for any unanswered request.
+        metrics.webhooks_rejected.labels(channel, "client_gone").inc()
+        log.info(
+            "webhook.client_gone",
+            extra={"channel": channel, "tenant_id": tenant_id, "received_bytes": exc.received},
+        )
+        return Response(status_code=400)
     except WebhookRefusedError as exc:
         metrics.webhooks_rejected.labels(channel, exc.reason).inc()
         log.warning(

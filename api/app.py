@@ -14,6 +14,7 @@ from api import contacts, health, metrics, ratelimit, webhooks
 from api.body_limit import BodyLimitMiddleware
 from api.bounded import BoundedCalls
 from api.errors import PROBLEM_JSON, install_error_handlers
+from api.parse_pool import ParsePool
 from intake.settings import Settings
 from models.db import Database
 from worker.accept_batcher import AcceptBatcher
@@ -40,6 +41,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.metrics = metrics.Metrics(app.state.db, probes=app.state.probes)
     app.state.rate_limiter = ratelimit.make_rate_limiter(settings)
     app.state.tenant_secrets = webhooks.TenantSecrets(app.state.db)
+    app.state.parse_pool = ParsePool()
     app.state.celery = make_celery(settings)
     app.state.dispatcher = Dispatcher(settings, app.state.celery)
     app.state.accept_batcher = AcceptBatcher(app.state.db, app.state.dispatcher)
@@ -79,6 +81,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Accepts still queued are committed and answered before the process goes.
     await to_thread.run_sync(app.state.accept_batcher.close)
     app.state.probes.shutdown()
+    app.state.parse_pool.close()
 
 
 def _problem_json_openapi(schema: dict[str, Any]) -> dict[str, Any]:

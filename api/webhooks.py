@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 from api.bounded import BoundedCalls, ProbeTimeoutError
 from api.errors import Problem
 from api.metrics import Metrics
+from api.parse_pool import ParsePool
 from api.public_url import public_url
 from api.schemas import Problem as ProblemSchema
 from channels.base import ChannelAdapter, ChannelError, Parsed, RawRequest
@@ -235,9 +236,10 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             query=dict(request.query_params),
         )
         try:
-            # On a worker thread: a large email's MIME and HTML parsing is seconds of pure
-            # Python, and on the event loop it would hold every other tenant's request.
-            parsed = await run_in_threadpool(adapter.parse, raw, secrets, datetime.now(UTC))
+            # Off the event loop (a large body in a child process): a large email's MIME and
+            # HTML parsing is seconds of pure Python that would hold every other request.
+            pool: ParsePool = app.state.parse_pool
+            parsed = await pool.parse(adapter, raw, secrets, datetime.now(UTC))
         except ChannelError as exc:
             raise WebhookRefusedError(exc.status, exc.reason, str(exc)) from None
         if parsed.messages or parsed.nonce:

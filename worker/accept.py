@@ -316,8 +316,9 @@ def store_accepted(
     """`accept_batch` without its wake-ups: the outcomes, and the new row ids by tenant that
     the caller must wake (after answering, so that a slow broker never delays a 2xx).
 
-    A request retried alone (after a batch error) is woken inside, as `accept` does.
     """
+    outcomes: list[AcceptResult | Exception] = []
+    woken: dict[uuid.UUID, list[uuid.UUID]] = {}
     try:
         with db.unit_of_work() as session:
             stored = store_batch(session, requests=requests)
@@ -325,9 +326,16 @@ def store_accepted(
         return [_unavailable(exc, tenant_id=r.tenant_id) for r in requests], {}
     except Exception as exc:
         log.warning("accept.batch_failed requests=%d error=%s", len(requests), type(exc).__name__)
-        return [_accept_alone(db, dispatcher, request) for request in requests], {}
-    outcomes: list[AcceptResult | Exception] = []
-    woken: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for request in requests:  # each alone, so that one bad request cannot fail the rest
+            try:
+                alone_ids = _store_alone(db, request)
+            except Exception as alone:  # handed to that request's caller, not raised here
+                outcomes.append(alone)
+                continue
+            outcomes.append(_result(request, alone_ids))
+            if alone_ids:
+                woken.setdefault(request.tenant_id, []).extend(alone_ids)
+        return outcomes, woken
     for request, new_ids in zip(requests, stored, strict=True):
         if isinstance(new_ids, NonceReplayedError):
             outcomes.append(new_ids)
@@ -336,19 +344,3 @@ def store_accepted(
         if new_ids:
             woken.setdefault(request.tenant_id, []).extend(new_ids)
     return outcomes, woken
-
-
-def _accept_alone(
-    db: Database, dispatcher: Dispatcher, request: AcceptRequest
-) -> AcceptResult | Exception:
-    try:
-        return accept(
-            db,
-            dispatcher,
-            tenant_id=request.tenant_id,
-            messages=request.messages,
-            nonce=request.nonce,
-            request_id=request.request_id,
-        )
-    except Exception as exc:  # handed to that request's caller, not raised here
-        return exc

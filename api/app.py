@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from api import contacts, health, metrics, ratelimit, webhooks
 from api.body_limit import BodyLimitMiddleware
 from api.bounded import BoundedCalls
+from api.deadline import DeadlineMiddleware
 from api.errors import PROBLEM_JSON, install_error_handlers
 from api.parse_pool import ParsePool
 from intake.settings import Settings
@@ -49,6 +50,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.metrics.watch_spool(app.state.spool)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(DeadlineMiddleware)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(webhooks.build_router())

@@ -146,7 +146,8 @@ def test_postgres_stalled(
 ) -> None:
     """With PostgreSQL accepting connections and then silent, webhooks are 200 from the spool
     (the first within a few seconds, the rest within one), /healthz is a 503 saying `spooling`
-    and /metrics shows `intake_database_up 0` and the spool depth, each within its bound; once
+    and /metrics shows `intake_database_up 0` and the spool depth, and the Contacts API is a 503,
+    each within its bound; once
     PostgreSQL answers again the spool empties and every message is ingested once."""
     target = make_url(postgres_url)
     with fault_proxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
@@ -164,6 +165,7 @@ def test_postgres_stalled(
         requests = [twilio_sms(tenant.id, base_url=base, number=n) for n in range(11)]
         with httpx.Client(base_url=base, timeout=30) as http:
             assert post(http, requests[0])[0] == 200  # the tenant's secrets are now known
+            assert http.get("/api/v1/contacts", headers=tenant.auth).status_code == 200
             proxy.stall()
             first_status, first_time = post(http, requests[1])
             assert first_status == 200
@@ -181,6 +183,9 @@ def test_postgres_stalled(
             assert "intake_database_up 0.0" in metrics.text
             assert "intake_spool_depth 10.0" in metrics.text
             assert list(spool.glob("*.spool"))
+            started = time.monotonic()
+            api = http.get("/api/v1/contacts", headers=tenant.auth)
+            assert (api.status_code, time.monotonic() - started < 13) == (503, True)
 
             proxy.pass_()
             wait_for(

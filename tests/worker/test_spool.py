@@ -3,6 +3,9 @@ segments of a process that died, burn a spooled token at drain time, refuse when
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -168,3 +171,39 @@ def test_the_background_drainer_empties_the_spool(
     spool.close()
     assert provider_ids(db, tenant.id) == sorted(m.provider_message_id for m in messages)
     assert segments(tmp_path / "spool") == []
+
+
+FULL_DISK_SCRIPT = """
+import resource, signal, sys, uuid
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+from models.db import Database
+from tests.worker.helpers import inbound
+from worker.spool import Spool, SpoolUnavailableError
+directory = Path(sys.argv[1])
+spool = Spool(directory, Database("sqlite://"), None, background=False)
+spool.append(tenant_id=uuid.uuid4(), messages=[inbound(text="small")], nonce=None, request_id=None)
+size = next(directory.glob("*.spool")).stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 1000, size + 1000))
+try:
+    spool.append(tenant_id=uuid.uuid4(), messages=[inbound(text="x" * 5000)], nonce=None,
+                 request_id=None)
+except SpoolUnavailableError:
+    print("refused", spool.stats().depth, next(directory.glob("*.spool")).stat().st_size == size)
+"""
+
+
+def test_a_full_disk_refuses_and_leaves_no_torn_record(tmp_path: Path, repo_root: Path) -> None:
+    """A record the disk cannot take (a file size limit stands in for a full disk) raises
+    SpoolUnavailableError, leaves the depth as it was, and is cut off the file, so the next
+    record starts on a line of its own."""
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(tmp_path / "spool")],
+        cwd=repo_root,
+        env={**os.environ, "PYTHONPATH": str(repo_root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.split() == ["refused", "1", "True"], result.stderr

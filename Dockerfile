@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --create-home --uid 10001 intake
+RUN useradd --create-home --uid 10001 intake \
+    && mkdir -p /var/lib/intake/spool && chown intake /var/lib/intake/spool
 WORKDIR /app
 
 # Dependencies first, so a code change does not reinstall them.

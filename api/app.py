@@ -11,12 +11,17 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import contacts, health, metrics, ratelimit, webhooks, whatsapp_shared
+from api.body_limit import BodyLimitMiddleware
+from api.bounded import BoundedCalls
+from api.deadline import DeadlineMiddleware
 from api.errors import PROBLEM_JSON, install_error_handlers
+from api.parse_pool import ParsePool
 from intake.settings import Settings
 from models.db import Database
 from worker.accept_batcher import AcceptBatcher
 from worker.celery_app import make_celery
 from worker.dispatch import Dispatcher
+from worker.spool import Spool
 
 API_VERSION = "1.0.0"
 
@@ -32,15 +37,22 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db if db is not None else Database(settings.database_url)
     app.state.health_checks = list(health.DEFAULT_CHECKS)
-    app.state.metrics = metrics.Metrics(app.state.db)
+    # /healthz and /metrics probes: bounded, on threads of their own (api/bounded.py).
+    app.state.probes = BoundedCalls()
+    app.state.metrics = metrics.Metrics(app.state.db, probes=app.state.probes)
     app.state.metrics.registry.register(whatsapp_shared.UnroutedCollector(app.state.db))
     app.state.rate_limiter = ratelimit.make_rate_limiter(settings)
     app.state.tenant_secrets = webhooks.TenantSecrets(app.state.db)
     app.state.phone_number_routes = whatsapp_shared.PhoneNumberRoutes(app.state.db)
+    app.state.parse_pool = ParsePool()
     app.state.celery = make_celery(settings)
     app.state.dispatcher = Dispatcher(settings, app.state.celery)
     app.state.accept_batcher = AcceptBatcher(app.state.db, app.state.dispatcher)
+    app.state.spool = Spool(settings.spool_dir, app.state.db, app.state.accept_batcher.waker)
+    app.state.metrics.watch_spool(app.state.spool)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(DeadlineMiddleware)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(webhooks.build_router())
@@ -67,9 +79,14 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Segments a crashed process left behind are drained by this one.
+    await to_thread.run_sync(app.state.spool.start)
     yield
+    app.state.spool.close()
     # Accepts still queued are committed and answered before the process goes.
     await to_thread.run_sync(app.state.accept_batcher.close)
+    app.state.probes.shutdown()
+    app.state.parse_pool.close()
 
 
 def _problem_json_openapi(schema: dict[str, Any]) -> dict[str, Any]:
@@ -89,8 +106,8 @@ def _problem_json_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-# The routes that count against a tenant's rate limit: the Contacts API and the webhooks.
-RATE_LIMITED_PREFIXES = ("/api/", "/webhooks/")
+# The routes that count against a tenant's rate limit: the Contacts API (never the webhooks).
+RATE_LIMITED_PREFIXES = ("/api/",)
 
 
 def _rate_limited_openapi(schema: dict[str, Any]) -> dict[str, Any]:

@@ -168,8 +168,12 @@ def _create(session: Session, tenant: Tenant, fields: dict[str, Any]) -> StoredR
 
 
 def _stored_problem(exc: Exception) -> StoredResponse | None:
+    """The client's error to store and replay; None for a 5xx (say, the database was down),
+    whose key is released so that a retry runs again rather than replaying the outage."""
     problem = problem_for(exc)
-    return None if problem is None else StoredResponse(problem.status, problem.body())
+    if problem is None or problem.status >= 500:
+        return None
+    return StoredResponse(problem.status, problem.body())
 
 
 def _created_response(stored: StoredResponse, *, replayed: bool) -> JSONResponse:

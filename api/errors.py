@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic.alias_generators import to_camel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from api.schemas import Problem as ProblemSchema
@@ -194,6 +195,8 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
 
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):  # FastAPI's body reading wraps it in a 400
+        return _client_gone(request)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     headers = dict(exc.headers or {})
     if exc.status_code == 404 and detail == "Not Found":
@@ -214,7 +217,17 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
+def _client_gone(request: Request) -> JSONResponse:
+    # The client hung up mid-body: its connection, not our failure. Nobody reads this answer.
+    log.info("request.client_gone", extra={"method": request.method, "path": request.url.path})
+    return Problem(400, "The client closed the connection before sending the body.").response()
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ClientDisconnect) or isinstance(exc.__cause__, ClientDisconnect):
+        # The client hung up mid-body: its connection, not our failure. Nobody reads this answer.
+        log.info("request.client_gone", extra={"method": request.method, "path": request.url.path})
+        return Problem(400, "The client closed the connection before sending the body.").response()
     log.error(
         "request.failed",
         extra={"method": request.method, "path": request.url.path, "error": type(exc).__name__},

@@ -1,16 +1,20 @@
 """`GET /healthz`: 200 when every dependency answers, 503 naming the ones that do not.
 
 The checks are a list on `app.state.health_checks`, so another (a broker check) is one append.
+They run side by side on probe threads of their own, each bounded by CHECK_TIMEOUT_SECONDS, so
+a stalled database or broker makes the answer a 503 within seconds, never a hang.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI, Request
 from sqlalchemy import text
 
+from api.bounded import BoundedCalls
 from api.errors import Problem, ProblemError, problem_responses
 from api.schemas import HealthOut
 from models.db import Database
@@ -18,6 +22,9 @@ from models.db import Database
 log = logging.getLogger("intake.api")
 
 HealthCheck = tuple[str, Callable[[FastAPI], None]]  # (name, raises when not healthy)
+
+
+CHECK_TIMEOUT_SECONDS = 3.0
 
 
 def check_database(app: FastAPI) -> None:
@@ -53,17 +60,28 @@ DEFAULT_CHECKS: tuple[HealthCheck, ...] = (
 router = APIRouter(tags=["operations"])
 
 
+async def _run_check(app: FastAPI, name: str, check: Callable[[FastAPI], None]) -> str | None:
+    """None when the check passed, else the name of the failing dependency."""
+    probes: BoundedCalls = app.state.probes
+    try:
+        await probes.acall(lambda: check(app), timeout=CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:  # any failure of a check is what this endpoint reports
+        log.warning("health.failed", extra={"check": name, "error": type(exc).__name__})
+        return name
+    return None
+
+
 @router.get("/healthz", response_model=HealthOut, responses=problem_responses(503))
-def healthz(request: Request) -> HealthOut:
-    failing = []
-    checks: list[HealthCheck] = request.app.state.health_checks
-    for name, check in checks:
-        try:
-            check(request.app)
-        except Exception as exc:  # any failure of a check is what this endpoint reports
-            log.warning("health.failed", extra={"check": name, "error": type(exc).__name__})
-            failing.append({"field": name, "message": "does not answer"})
+async def healthz(request: Request) -> HealthOut:
+    app = request.app
+    checks: list[HealthCheck] = app.state.health_checks
+    results = await asyncio.gather(*(_run_check(app, name, check) for name, check in checks))
+    failing = [{"field": name, "message": "does not answer"} for name in results if name]
+    spooled = app.state.spool.stats().depth
     if failing:
         names = ", ".join(f["field"] for f in failing)
-        raise ProblemError(Problem(503, f"Not healthy: {names}.", errors=failing))
-    return HealthOut(status="ok")
+        detail = f"Not healthy: {names}."
+        if spooled:
+            detail += f" spooling: {spooled} verified messages wait on local disk."
+        raise ProblemError(Problem(503, detail, errors=failing))
+    return HealthOut(status="spooling" if spooled else "ok")

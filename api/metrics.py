@@ -15,19 +15,28 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.bounded import BoundedCalls, ProbeTimeoutError
 from models.db import Database
-from models.stats import pipeline_stats
+from models.stats import PipelineStats, pipeline_stats
+from worker.spool import Spool
+
+# A scrape must answer even with the database stalled: the pipeline figures wait this long.
+STATS_TIMEOUT_SECONDS = 3.0
 
 
 class _PipelineCollector(Collector):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, probes: BoundedCalls) -> None:
         self.db = db
+        self.probes = probes
+
+    def _stats(self) -> PipelineStats:
+        with self.db.sessions() as session:
+            return pipeline_stats(session)
 
     def collect(self) -> Iterator[Metric]:
         try:
-            with self.db.sessions() as session:
-                stats = pipeline_stats(session)
-        except SQLAlchemyError:
+            stats = self.probes.call(self._stats, timeout=STATS_TIMEOUT_SECONDS)
+        except (SQLAlchemyError, ProbeTimeoutError):
             # A scrape while the database is down still serves this process's own counters,
             # and says why the pipeline figures are missing.
             yield GaugeMetricFamily("intake_database_up", "The database answered", value=0)
@@ -67,10 +76,28 @@ class _PipelineCollector(Collector):
         )
 
 
+class _SpoolCollector(Collector):
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.spool.stats()
+        yield GaugeMetricFamily(
+            "intake_spool_depth",
+            "Verified messages in this process's spool, not yet moved into the database",
+            value=stats.depth,
+        )
+        yield GaugeMetricFamily(
+            "intake_spool_oldest_age_seconds",
+            "Age of the oldest message in this process's spool",
+            value=stats.oldest_age_seconds,
+        )
+
+
 class Metrics:
     """One registry per app, so that several apps in one process (tests) never share counts."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, probes: BoundedCalls | None = None) -> None:
         self.registry = CollectorRegistry()
         self.webhooks_received = Counter(
             "intake_webhooks_received",
@@ -108,7 +135,17 @@ class Metrics:
             ["channel"],
             registry=self.registry,
         )
-        self.registry.register(_PipelineCollector(db))
+        self.messages_spooled = Counter(
+            "intake_messages_spooled",
+            "Messages appended to the local spool because the database could not take them",
+            ["channel", "cause"],
+            registry=self.registry,
+        )
+        self.registry.register(_PipelineCollector(db, probes or BoundedCalls(threads=1)))
+
+    def watch_spool(self, spool: Spool) -> None:
+        """Serve the spool's depth and the age of its oldest entry."""
+        self.registry.register(_SpoolCollector(spool))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

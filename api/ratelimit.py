@@ -1,4 +1,7 @@
-"""Per-tenant rate limits on the Contacts API and on webhooks: a fixed window a tenant and scope.
+"""Per-tenant rate limits on the Contacts API: a fixed window a tenant and scope.
+
+Webhooks are not limited: a verified provider request is never refused for load (Twilio does
+not resend), and fairness between tenants is the drains' job (worker/tasks.py).
 
 With `INTAKE_REDIS_URL` the counts live in Redis, shared by every app process; without it, in
 this process. A tenant over its limit gets a 429 problem with `Retry-After` in whole seconds,
@@ -167,18 +170,6 @@ def enforce_api_limit(app: FastAPI, *, tenant_id: uuid.UUID) -> None:
     if not decision.allowed:
         log.info("ratelimit.refused", extra={"scope": "api", "tenant_id": str(tenant_id)})
         raise ProblemError(_problem("API", limit, decision))
-
-
-def webhook_limit(app: FastAPI, *, tenant_id: uuid.UUID) -> Problem | None:
-    """Count one verified webhook of the tenant: None when allowed, else the 429 to answer.
-
-    Called after the signature is verified, so forged requests cannot spend a tenant's
-    allowance and lock its real provider out.
-    """
-    settings: Settings = app.state.settings
-    limit = settings.rate_limit_webhooks_per_minute
-    decision = _check(app, "webhooks", limit, tenant_id)
-    return None if decision.allowed else _problem("webhook", limit, decision)
 
 
 RATE_LIMITED_RESPONSE: dict[str, Any] = {

@@ -6,6 +6,7 @@ does the rest. Every refusal is counted and logged with its reason.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -17,13 +18,14 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
+from api.bounded import BoundedCalls, ProbeTimeoutError
 from api.errors import Problem
 from api.metrics import Metrics
+from api.parse_pool import ParsePool
 from api.public_url import public_url
-from api.ratelimit import webhook_limit
 from api.schemas import Problem as ProblemSchema
-from api.webhook_secrets import parse_verified
 from channels.base import ChannelAdapter, ChannelError, Parsed, RawRequest
 from channels.registry import ADAPTERS
 from intake.logs import request_id_var
@@ -32,11 +34,16 @@ from models.db import Database
 from models.tenants import ChannelSecrets, TenantNotFoundError, channel_secrets_of, get_tenant
 from worker.accept import AcceptUnavailableError, NonceReplayedError
 from worker.accept_batcher import AcceptBatcher
+from worker.spool import Spool, SpoolUnavailableError
 
 log = logging.getLogger("intake.webhooks")
 
 MAX_BODY = 1024 * 1024
 MAX_EMAIL_BODY = 25 * 1024 * 1024
+# How long a webhook waits for the database before it falls back: to the last-known secrets,
+# and to the spool for its messages. Providers wait 5-15 s; a few seconds leave a margin.
+SECRETS_TIMEOUT_SECONDS = 2.0
+ACCEPT_TIMEOUT_SECONDS = 2.0
 TWIML_EMPTY = "<Response/>"  # TwiML that tells Twilio to send no reply
 
 
@@ -47,19 +54,39 @@ class WebhookRefusedError(Exception):
         self.problem = problem or Problem(status, detail)
 
 
+class ClientGoneError(Exception):
+    """The client hung up before its body was complete: nothing to verify, no one to answer."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"client closed the connection after {received} bytes")
+        self.received = received
+
+
 class TenantSecrets:
-    """Tenants' channel secrets, cached for a few seconds: every webhook needs them."""
+    """Tenants' channel secrets, cached for a few seconds: every webhook needs them.
+
+    The last value read is kept past its freshness: while the database is down or stalled, a
+    webhook is still verified with the tenant's last-known secrets (and spooled), rather than
+    refused. A refresh waits only SECRETS_TIMEOUT_SECONDS, and one refresh a tenant at a time
+    is in flight, so a stalled database holds a fixed number of probe threads.
+    """
 
     ttl_seconds = 5.0
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, probes: BoundedCalls | None = None) -> None:
         self.db = db
+        self.probes = probes or BoundedCalls(threads=4, name="intake-secrets")
         self._cache: dict[uuid.UUID, tuple[float, ChannelSecrets]] = {}
 
     def cached(self, tenant_id: uuid.UUID) -> ChannelSecrets | None:
         """The secrets if they were read recently: no database, so no worker thread needed."""
         hit = self._cache.get(tenant_id)
         return hit[1] if hit and hit[0] > time.monotonic() else None
+
+    def last_known(self, tenant_id: uuid.UUID) -> ChannelSecrets | None:
+        """The secrets as last read, however long ago; None if never read by this process."""
+        hit = self._cache.get(tenant_id)
+        return hit[1] if hit else None
 
     def get(self, tenant_id: uuid.UUID) -> ChannelSecrets:
         hit = self.cached(tenant_id)
@@ -70,18 +97,87 @@ class TenantSecrets:
         self._cache[tenant_id] = (time.monotonic() + self.ttl_seconds, secrets)
         return secrets
 
+    async def fetch(self, tenant_id: uuid.UUID) -> ChannelSecrets:
+        """Fresh secrets, or the last-known ones when the database fails or does not answer
+        in time; raises TenantNotFoundError, or the database's error with nothing known."""
+        hit = self.cached(tenant_id)
+        if hit is not None:
+            return hit
+        try:
+            return await self.probes.acall(
+                lambda: self.get(tenant_id), timeout=SECRETS_TIMEOUT_SECONDS
+            )
+        except (SQLAlchemyError, ProbeTimeoutError):
+            known = self.last_known(tenant_id)
+            if known is None:
+                raise
+            return known
+
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # refused while reading, whatever Content-Length claimed
-            raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # refused while reading, whatever Content-Length claimed
+                raise WebhookRefusedError(413, "too_large", f"body over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGoneError(size) from None
     return b"".join(chunks)
+
+
+async def _store(
+    app: Any,
+    channel: str,
+    tenant: uuid.UUID,
+    parsed: Parsed,
+    nonce: tuple[str, str] | None,
+    request_id: str,
+) -> None:
+    """Store the request's messages in the inbox, or, when the database cannot take them in
+    time, in the spool; raises WebhookRefusedError when neither holds them."""
+    metrics: Metrics = app.state.metrics
+    spool: Spool = app.state.spool
+    cause = "spooling"
+    if not spool.holding:  # while the spool holds messages, new ones queue behind them
+        batcher: AcceptBatcher = app.state.accept_batcher
+        try:
+            # Group commit: this request shares a transaction with those waiting beside it.
+            result = await asyncio.wait_for(
+                batcher.accept(
+                    tenant_id=tenant, messages=parsed.messages, nonce=nonce, request_id=request_id
+                ),
+                ACCEPT_TIMEOUT_SECONDS,
+            )
+        except NonceReplayedError:
+            raise WebhookRefusedError(403, "replay", "this request was seen before") from None
+        except AcceptUnavailableError:
+            cause = "unavailable"
+        except TimeoutError:
+            # Still queued, it is cancelled and never stored; already in a transaction, it may
+            # yet commit, and the spool's copy is then a duplicate its drain ignores.
+            cause = "timeout"
+        else:
+            metrics.messages_accepted.labels(channel).inc(result.new)
+            metrics.messages_duplicate.labels(channel).inc(result.duplicates)
+            return
+    try:
+        await run_in_threadpool(
+            spool.append,
+            tenant_id=tenant,
+            messages=parsed.messages,
+            nonce=nonce,
+            request_id=request_id,
+        )
+    except SpoolUnavailableError as exc:
+        raise WebhookRefusedError(
+            503, "unavailable", f"the message store is unavailable ({cause}); {exc}"
+        ) from None
+    metrics.messages_spooled.labels(channel, cause).inc(len(parsed.messages))
 
 
 async def accept_parsed(
@@ -90,24 +186,13 @@ async def accept_parsed(
     """Accept a verified request's messages for the tenant durably, count and log them.
 
     The one accept path of every webhook route (the shared WhatsApp route too). Raises
-    WebhookRefusedError (403 replay, 503 unavailable); returning means committed.
+    WebhookRefusedError (403 replay, 503 unavailable); returning means committed or spooled.
     """
     metrics: Metrics = app.state.metrics
     channel = route.split("/")[0]
     if parsed.messages or parsed.nonce:
         nonce = (route, parsed.nonce) if parsed.nonce else None
-        try:
-            # Group commit: this request shares a transaction with those waiting beside it.
-            batcher: AcceptBatcher = app.state.accept_batcher
-            result = await batcher.accept(
-                tenant_id=tenant_id, messages=parsed.messages, nonce=nonce, request_id=request_id
-            )
-        except NonceReplayedError:
-            raise WebhookRefusedError(403, "replay", "this request was seen before") from None
-        except AcceptUnavailableError as exc:
-            raise WebhookRefusedError(503, "unavailable", str(exc)) from None
-        metrics.messages_accepted.labels(channel).inc(result.new)
-        metrics.messages_duplicate.labels(channel).inc(result.duplicates)
+        await _store(app, channel, tenant_id, parsed, nonce, request_id)
     for reason in parsed.ignored:
         metrics.webhooks_ignored.labels(channel, reason).inc()
     log.info(
@@ -154,14 +239,18 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             raise WebhookRefusedError(404, "unknown_tenant", "no such tenant") from None
         limit = MAX_EMAIL_BODY if channel == "email" else MAX_BODY
         body = await read_body(request, limit)
+        tenant_secrets: TenantSecrets = app.state.tenant_secrets
         try:
-            secrets = app.state.tenant_secrets.cached(tenant)
-            if secrets is None:
-                secrets = await run_in_threadpool(app.state.tenant_secrets.get, tenant)
+            # While the spool holds messages the database is known not to answer: verify with
+            # the last-known secrets at once rather than wait on it for every request.
+            secrets = (tenant_secrets.last_known(tenant) if app.state.spool.holding else None) or (
+                await tenant_secrets.fetch(tenant)
+            )
         except TenantNotFoundError:
             raise WebhookRefusedError(404, "unknown_tenant", "no such tenant") from None
-        except SQLAlchemyError as exc:
-            # The database is down: the provider must retry later, so 503 and never a 500.
+        except (SQLAlchemyError, ProbeTimeoutError) as exc:
+            # The database is down and this process never knew the tenant's secrets, so the
+            # request cannot be verified: the provider must retry later, so 503, never a 500.
             raise WebhookRefusedError(
                 503, "unavailable", f"the tenant store is unavailable ({type(exc).__name__})"
             ) from None
@@ -173,17 +262,25 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             query=dict(request.query_params),
         )
         try:
-            parsed, secret_used = parse_verified(adapter, raw, secrets, datetime.now(UTC))
+            # Off the event loop (a large body in a child process): a large email's MIME and
+            # HTML parsing is seconds of pure Python that would hold every other request.
+            pool: ParsePool = app.state.parse_pool
+            parsed, secret_used = await pool.parse(adapter, raw, secrets, datetime.now(UTC))
         except ChannelError as exc:
             raise WebhookRefusedError(exc.status, exc.reason, str(exc)) from None
         metrics.webhook_secret_used.labels(channel, secret_used).inc()
-        limited = await run_in_threadpool(webhook_limit, app, tenant_id=tenant)
-        if limited is not None:
-            raise WebhookRefusedError(429, "rate_limited", limited.detail, limited)
         await accept_parsed(
             app, route=adapter.route, tenant_id=tenant, parsed=parsed, request_id=request_id
         )
         return _answer(adapter, parsed)
+    except ClientGoneError as exc:
+        # The provider's connection, not our failure: it retries as for any unanswered request.
+        metrics.webhooks_rejected.labels(channel, "client_gone").inc()
+        log.info(
+            "webhook.client_gone",
+            extra={"channel": channel, "tenant_id": tenant_id, "received_bytes": exc.received},
+        )
+        return Response(status_code=400)
     except WebhookRefusedError as exc:
         metrics.webhooks_rejected.labels(channel, exc.reason).inc()
         log.warning(

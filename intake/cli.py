@@ -64,6 +64,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from worker.runner import run_worker
 
+    if args.concurrency < 1:  # checked before Celery starts, so it is one line, not a traceback
+        raise CommandError(
+            f"--concurrency takes a whole number of 1 or more, not {args.concurrency}"
+        )
     run_worker(settings, concurrency=args.concurrency)
 
 
@@ -224,6 +228,9 @@ def cmd_events_replay(settings: Settings, args: argparse.Namespace) -> None:
             ids.append(uuid.UUID(text))
         except ValueError:
             raise CommandError(f"not a message id: {text!r}") from None
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis import RedisError
+
     from worker.events import UnknownEventError, replay
     from worker.unrouted import (
         UnroutableChangeError,
@@ -247,6 +254,12 @@ def cmd_events_replay(settings: Settings, args: argparse.Namespace) -> None:
             print(f"routed {len(unrouted)} unrouted change(s): {routed} new message(s)")
     except (UnknownEventError, UnroutableChangeError) as exc:
         raise CommandError(str(exc)) from None
+    except (BrokerError, RedisError, OSError) as exc:
+        # The rows are pending again (committed before the wake-up): only the wake-up is lost.
+        raise CommandError(
+            "the messages are pending again, but the broker does not answer "
+            f"({type(exc).__name__}); a worker's reconciler will queue them once it does"
+        ) from None
 
 
 def cmd_events_unrouted(settings: Settings, args: argparse.Namespace) -> None:
@@ -384,6 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the contract: one line and a non-zero exit, never a traceback
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"intake: {type(exc).__name__}: {first_line}", file=sys.stderr)
+        return 1
     return 0
 
 

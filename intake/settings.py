@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     broker_url: str = ""
     redis_url: str = ""
     public_url: str = ""
+    # Where verified webhooks are spooled while the database cannot take them; "" turns the
+    # spool off (the webhook then answers 503, as the provider must retry).
+    spool_dir: str = "./spool"
     trust_proxy: bool = False
 
     # Ingestion: how long an accepted message may wait before the reconciler re-enqueues it,
@@ -32,9 +35,9 @@ class Settings(BaseSettings):
     lock_wait_seconds: float = Field(default=10.0, gt=0)
     batch_size: int = Field(default=200, ge=1)
 
-    # Requests a minute per tenant, counted in Redis when redis_url is set; 0 turns one off.
+    # Contacts API requests a minute per tenant, counted in Redis when redis_url is set; 0 is off.
+    # Webhooks have no limit: verified provider traffic is never refused for load.
     rate_limit_api_per_minute: int = Field(default=600, ge=0)
-    rate_limit_webhooks_per_minute: int = Field(default=6000, ge=0)
 
     log_json: bool = False
 

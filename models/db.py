@@ -9,9 +9,38 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+# Every PostgreSQL call has a bound, so that a stalled server (accepting connections, then
+# silent) or a lost network holds no request or drain for long: a connect gives up after
+# CONNECT_TIMEOUT, the server cancels a statement after STATEMENT_TIMEOUT and ends a session
+# left idle inside a transaction after IDLE_IN_TRANSACTION_TIMEOUT, and the kernel gives up on
+# a peer that stops acknowledging (tcp_user_timeout, keepalives). A wait for a pooled
+# connection is bounded too. Callers on a request path (webhooks, /healthz, /metrics) also wait
+# on their own deadline, since a server that acknowledges but never answers escapes all these.
+CONNECT_TIMEOUT_SECONDS = 3
+STATEMENT_TIMEOUT_MS = 15_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
+TCP_USER_TIMEOUT_MS = 5_000
+POOL_TIMEOUT_SECONDS = 3.0
+
+
+def _postgres_connect_args() -> dict[str, Any]:
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "options": (
+            f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+            f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+        ),
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 2,
+    }
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for its backend: WAL and a busy timeout on SQLite, pre-ping on servers."""
+    """An engine tuned for its backend: WAL and a busy timeout on SQLite; pre-ping and the
+    timeouts above on servers."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
@@ -39,6 +68,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
+    kwargs.setdefault("pool_timeout", POOL_TIMEOUT_SECONDS)
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {**_postgres_connect_args(), **kwargs.get("connect_args", {})}
     return create_engine(url, **kwargs)
 
 

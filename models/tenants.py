@@ -36,6 +36,9 @@ class TenantNotFoundError(LookupError):
     pass
 
 
+MAX_TENANT_NAME_LENGTH = 200  # tenants.name
+
+
 class InvalidTenantSettingError(ValueError):
     pass
 
@@ -64,6 +67,10 @@ def create_tenant(session: Session, *, name: str, region: str = "US") -> NewTena
     name = name.strip()
     if not name:
         raise InvalidTenantSettingError("a tenant needs a name")
+    if len(name) > MAX_TENANT_NAME_LENGTH:
+        raise InvalidTenantSettingError(
+            f"a tenant name has at most {MAX_TENANT_NAME_LENGTH} characters, not {len(name)}"
+        )
     if not is_valid_region(region):
         raise InvalidTenantSettingError(f"unknown region {region!r}: use a two-letter code")
     tenant = Tenant(name=name, region=region.upper(), max_page_size=100, secrets={})

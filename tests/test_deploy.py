@@ -76,3 +76,17 @@ def test_app_points_at_postgres_and_redis(config: dict[str, Any]) -> None:
     assert env["INTAKE_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert env["INTAKE_BROKER_URL"].startswith("redis://redis:6379")
     assert env["INTAKE_REDIS_URL"].startswith("redis://redis:6379")
+
+
+def test_app_spools_to_a_volume(config: dict[str, Any]) -> None:
+    """The app's spool directory is a named volume, so a restarted container drains it."""
+    app = config["services"]["app"]
+    spool_dir = app["environment"]["INTAKE_SPOOL_DIR"]
+    # Compose v2 prints long-form mounts, v1 the short `source:target` strings.
+    mounts = [
+        v if isinstance(v, dict) else dict(zip(("source", "target"), v.split(":")[:2], strict=True))
+        for v in app["volumes"]
+    ]
+    sources = [m["source"] for m in mounts if m["target"] == spool_dir]
+    assert sources, app["volumes"]
+    assert sources[0] in config["volumes"]

@@ -254,7 +254,8 @@ def _store_alone(db: Database, request: AcceptRequest) -> list[uuid.UUID]:
         raise _unavailable(exc, tenant_id=request.tenant_id) from exc
 
 
-def _wake(dispatcher: Dispatcher, tenant_id: uuid.UUID, new_ids: Sequence[uuid.UUID]) -> None:
+def wake(dispatcher: Dispatcher, tenant_id: uuid.UUID, new_ids: Sequence[uuid.UUID]) -> None:
+    """Wake a drain for committed rows; a failure is logged and left to the reconciler."""
     try:
         dispatcher.dispatch(tenant_id)
     except Exception as exc:  # the rows are committed; the reconciler will send them
@@ -293,7 +294,7 @@ def accept(
     request = AcceptRequest(tenant_id, messages, nonce, request_id)
     new_ids = _store_alone(db, request)
     if new_ids:
-        _wake(dispatcher, tenant_id, new_ids)
+        wake(dispatcher, tenant_id, new_ids)
     return _result(request, new_ids)
 
 
@@ -307,19 +308,41 @@ def accept_batch(
     retries each request in a transaction of its own, so one bad request cannot fail the rest.
     Each tenant with new rows is woken once, after the commit.
     """
+    outcomes, woken = store_accepted(db, dispatcher, requests=requests)
+    for tenant_id, new_ids in woken.items():
+        wake(dispatcher, tenant_id, new_ids)
+    return outcomes
+
+
+def store_accepted(
+    db: Database, dispatcher: Dispatcher, *, requests: Sequence[AcceptRequest]
+) -> tuple[list[AcceptResult | Exception], dict[uuid.UUID, list[uuid.UUID]]]:
+    """`accept_batch` without its wake-ups: the outcomes, and the new row ids by tenant that
+    the caller must wake (after answering, so that a slow broker never delays a 2xx).
+
+    """
+    outcomes: list[AcceptResult | Exception] = []
+    woken: dict[uuid.UUID, list[uuid.UUID]] = {}
     try:
         with db.unit_of_work() as session:
             stored = store_batch(session, requests=requests)
     except _UNAVAILABLE as exc:
-        return [_unavailable(exc, tenant_id=r.tenant_id) for r in requests]
+        return [_unavailable(exc, tenant_id=r.tenant_id) for r in requests], {}
     except Exception as exc:
         log.warning(
             "accept.batch_failed",
             extra={"requests": len(requests), "error": type(exc).__name__},
         )
-        return [_accept_alone(db, dispatcher, request) for request in requests]
-    outcomes: list[AcceptResult | Exception] = []
-    woken: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for request in requests:  # each alone, so that one bad request cannot fail the rest
+            try:
+                alone_ids = _store_alone(db, request)
+            except Exception as alone:  # handed to that request's caller, not raised here
+                outcomes.append(alone)
+                continue
+            outcomes.append(_result(request, alone_ids))
+            if alone_ids:
+                woken.setdefault(request.tenant_id, []).extend(alone_ids)
+        return outcomes, woken
     for request, new_ids in zip(requests, stored, strict=True):
         if isinstance(new_ids, NonceReplayedError):
             outcomes.append(new_ids)
@@ -327,22 +350,4 @@ def accept_batch(
         outcomes.append(_result(request, new_ids))
         if new_ids:
             woken.setdefault(request.tenant_id, []).extend(new_ids)
-    for tenant_id, new_ids in woken.items():
-        _wake(dispatcher, tenant_id, new_ids)
-    return outcomes
-
-
-def _accept_alone(
-    db: Database, dispatcher: Dispatcher, request: AcceptRequest
-) -> AcceptResult | Exception:
-    try:
-        return accept(
-            db,
-            dispatcher,
-            tenant_id=request.tenant_id,
-            messages=request.messages,
-            nonce=request.nonce,
-            request_id=request.request_id,
-        )
-    except Exception as exc:  # handed to that request's caller, not raised here
-        return exc
+    return outcomes, woken

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 from channels.base import InboundMessage
 from models.db import Database
-from worker.accept import AcceptRequest, AcceptResult, accept_batch
+from worker.accept import AcceptRequest, AcceptResult, store_accepted
 from worker.dispatch import Dispatcher
+from worker.waker import Waker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class AcceptBatcher:
     ) -> None:
         self.db = db
         self.dispatcher = dispatcher
+        self.waker = Waker(dispatcher)
         self.max_batch_messages = max_batch_messages
         self.idle_seconds = idle_seconds
         self.batches = 0  # transactions run, for tests and logs
@@ -109,6 +111,7 @@ class AcceptBatcher:
                 self._queue.put(None)
         if thread is not None:
             thread.join(timeout)
+        self.waker.close(timeout)
 
     def _run(self) -> None:
         while True:
@@ -155,12 +158,19 @@ class AcceptBatcher:
         batch = [w for w in batch if w.future.set_running_or_notify_cancel()]
         if not batch:
             return
+        woken: dict[uuid.UUID, list[uuid.UUID]] = {}
         try:
-            outcomes = accept_batch(self.db, self.dispatcher, requests=[w.request for w in batch])
-        except Exception as exc:  # accept_batch hands errors back; this is a bug of ours
+            outcomes, woken = store_accepted(
+                self.db, self.dispatcher, requests=[w.request for w in batch]
+            )
+        except Exception as exc:  # store_accepted hands errors back; this is a bug of ours
             log.exception("accept.batcher_failed", extra={"requests": len(batch)})
             outcomes = [exc] * len(batch)
         self.batches += 1
+        # The rows are committed: their wake-ups go to the waker's thread (handing them over
+        # never blocks), so a stalled broker delays neither these answers nor the next commit.
+        for tenant_id, new_ids in woken.items():
+            self.waker.wake_later(tenant_id, new_ids)
         for waiting, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 waiting.future.set_exception(outcome)

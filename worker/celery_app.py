@@ -21,6 +21,15 @@ QUEUE = "intake"
 VISIBILITY_TIMEOUT_SECONDS = 900
 SOFT_TIME_LIMIT_SECONDS = 240
 HARD_TIME_LIMIT_SECONDS = 300
+BROKER_SOCKET_TIMEOUT_SECONDS = 2.0
+# A publish is retried once, briefly: a wake-up is only a wake-up, and the reconciler covers a
+# lost one, so a broker outage must not hold its sender for kombu's default retries.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
 
 
 def _transport_options(broker_url: str) -> dict[str, Any]:
@@ -28,7 +37,13 @@ def _transport_options(broker_url: str) -> dict[str, Any]:
         # kombu hands these to SQLAlchemy's create_engine; several threads and processes share
         # the SQLite file, so wait for its lock instead of failing at once.
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    return {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    # Bounded socket waits: a publish to a stalled Redis fails within seconds instead of
+    # hanging the thread that sends the wake-up (the reconciler re-sends what it could not).
+    return {
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+    }
 
 
 def make_celery(settings: Settings) -> Any:
@@ -48,6 +63,8 @@ def make_celery(settings: Settings) -> Any:
         task_time_limit=HARD_TIME_LIMIT_SECONDS,
         broker_transport_options=_transport_options(settings.effective_broker_url),
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=BROKER_SOCKET_TIMEOUT_SECONDS,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         worker_hijack_root_logger=False,
         enable_utc=True,
     )

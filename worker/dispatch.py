@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from intake.settings import Settings
+from worker.redis_clients import make_redis
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Dispatcher:
         self._app = celery_app
         self.redis = redis_client
         if self.redis is None and settings.redis_url:
-            self.redis = redis.Redis.from_url(settings.redis_url)
+            self.redis = make_redis(settings.redis_url)
         # A flag outliving a lost task only delays the next wake-up until it expires; the
         # reconciler bypasses it meanwhile.
         self._flag_ttl = max(1, math.ceil(settings.reconcile_after_seconds))

@@ -17,6 +17,7 @@ import redis
 from redis.exceptions import LockError, LockNotOwnedError
 
 from intake.settings import Settings
+from worker.redis_clients import make_redis
 
 
 class LockWaitTimeoutError(Exception):
@@ -109,7 +110,7 @@ def make_locks(settings: Settings, client: redis.Redis | None = None) -> TenantL
     if not settings.redis_url:
         return LocalTenantLocks(wait_seconds=settings.lock_wait_seconds)
     return RedisTenantLocks(
-        client or redis.Redis.from_url(settings.redis_url),
+        client or make_redis(settings.redis_url),
         lease_seconds=settings.lock_lease_seconds,
         wait_seconds=settings.lock_wait_seconds,
     )

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import redis
 from sqlalchemy import func, select
 
 from channels import mailgun
@@ -30,6 +29,7 @@ from models.idempotency import purge_expired_idempotency_keys
 from models.nonces import prune_webhook_nonces
 from models.schema import Message, utcnow
 from worker.dispatch import RECONCILE_TASK, Dispatcher
+from worker.redis_clients import make_redis
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ReconcileTimer:
     def __init__(self, settings: Settings, celery_app: Any) -> None:
         self._app = celery_app
         self._period = settings.reconcile_every_seconds
-        self._redis = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+        self._redis = make_redis(settings.redis_url) if settings.redis_url else None
         self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="intake-reconcile-timer", daemon=True

@@ -122,3 +122,21 @@ def test_a_failing_added_check_is_503(app: FastAPI) -> None:
     response = TestClient(app).get("/healthz")
     assert response.status_code == 503
     assert [e["field"] for e in response.json()["errors"]] == ["cache"]
+
+
+def test_silent_database_is_503_within_seconds_and_metrics_answer(
+    tmp_path: Path, silent_server: int
+) -> None:
+    """A PostgreSQL that accepts connections and never answers makes /healthz a 503 naming the
+    database, and /metrics a 200 with `intake_database_up 0`, each within a few seconds."""
+    db = Database(f"postgresql+psycopg://postgres@127.0.0.1:{silent_server}/intake")
+    settings = Settings(database_url=db.url, broker_url=f"sqla+sqlite:///{tmp_path}/broker.db")
+    status, body, elapsed = healthz(settings, db)
+    assert (status, [e["field"] for e in body["errors"]]) == (503, ["database"])
+    assert elapsed < 5.0
+    started = time.monotonic()
+    metrics = TestClient(create_app(settings, db=db)).get("/metrics")
+    assert metrics.status_code == 200
+    assert "intake_database_up 0.0" in metrics.text
+    assert time.monotonic() - started < 5.0
+    db.dispose()

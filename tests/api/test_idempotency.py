@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
+from sqlalchemy.exc import OperationalError
 
 from models.db import Database
 from models.idempotency import request_fingerprint
@@ -171,3 +173,29 @@ def test_create_without_key_is_not_idempotent(
         )
         assert response.status_code == 201
     assert count_contacts(db, tenant) == 2
+
+
+def test_a_first_request_that_ended_in_5xx_is_not_kept(
+    client: TestClient, db: Database, tenant: TenantFixture
+) -> None:
+    """A create whose database failed (503) leaves no stored answer: the retry with the same
+    key runs again and creates the contact."""
+    failures = []
+
+    def fail_once(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO contacts") and not failures:
+            failures.append(statement)
+            raise OperationalError(statement, {}, Exception("server closed the connection"))
+
+    body = {"name": "Jane", "email": unique_email()}
+    event.listen(db.engine, "before_cursor_execute", fail_once)
+    try:
+        first = post(client, tenant, "after-outage", body)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", fail_once)
+    assert first.status_code == 503, first.text
+    assert count_contacts(db, tenant) == 0
+    retry = post(client, tenant, "after-outage", body)
+    assert retry.status_code == 201, retry.text
+    assert "idempotent-replayed" not in retry.headers
+    assert count_contacts(db, tenant) == 1

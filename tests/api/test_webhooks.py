@@ -65,10 +65,13 @@ MESSAGE_CASES = [
 @pytest.fixture
 def settings(db: Database, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """PostgreSQL with production's Redis broker and flags; SQLite with the embedded broker."""
+    spool = str(tmp_path / "spool")
     if db.is_sqlite:
-        return Settings(database_url=db.url, broker_url=f"sqla+sqlite:///{tmp_path}/broker.db")
+        return Settings(
+            database_url=db.url, broker_url=f"sqla+sqlite:///{tmp_path}/broker.db", spool_dir=spool
+        )
     redis_url: str = request.getfixturevalue("redis_url")
-    return Settings(database_url=db.url, broker_url=redis_url, redis_url=redis_url)
+    return Settings(database_url=db.url, broker_url=redis_url, redis_url=redis_url, spool_dir=spool)
 
 
 @pytest.fixture
@@ -231,12 +234,14 @@ def test_signed_message_is_stored_once_and_a_redelivery_changes_nothing(
     assert (row.state, row.channel, row.contact_id) == ("pending", expected.source, None)
     assert row.payload["phone"] == expected.phone
     assert row.payload["email"] == expected.email
+    assert client.app.state.accept_batcher.waker.wait_idle(10)  # wake-ups go after the answer
     assert wakeups(settings, tenant.id) == 1
 
     # Redelivered: signed afresh (Mailgun mints a new token for every attempt).
     again = post(client, signed(route, payload, tenant_id=tenant.id, base_url=BASE))
     assert again.status_code == 200, again.text
     assert [r.id for r in stored(db, tenant.id)] == [row.id]
+    assert client.app.state.accept_batcher.waker.wait_idle(10)  # wake-ups go after the answer
     assert wakeups(settings, tenant.id) == 1
 
 
@@ -623,10 +628,12 @@ def test_unwritable_database_is_503_and_the_retry_is_accepted(
     caplog: pytest.LogCaptureFixture,
     route: str,
 ) -> None:
-    """An uncommittable message is 503 `unavailable`, nothing kept; the same retry then works."""
+    """With no spool to fall back on, an uncommittable message is 503 `unavailable`, nothing
+    kept; the same retry then works."""
     read_only = _read_only(db)
+    no_spool = settings.model_copy(update={"spool_dir": ""})
     try:
-        client = TestClient(create_app(settings, db=read_only), raise_server_exceptions=False)
+        client = TestClient(create_app(no_spool, db=read_only), raise_server_exceptions=False)
         payload, _ = fresh_message(route)
         request = signed(route, payload, tenant_id=tenant.id, base_url=BASE)
         refused = assert_refused(
@@ -657,7 +664,8 @@ def _closed_port() -> int:
 def test_unreachable_database_is_503_on_every_route(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With PostgreSQL unreachable, every route answers 503 `unavailable`, counted and logged."""
+    """With PostgreSQL unreachable and no secrets ever read, no route can verify a request:
+    each answers 503 `unavailable`, counted and logged."""
     down = Database(
         f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/intake",
         connect_args={"connect_timeout": 2},

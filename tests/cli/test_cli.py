@@ -14,15 +14,23 @@ from sqlalchemy import select
 
 from models.api_keys import hash_api_key
 from models.db import Database
-from models.schema import ApiKey, Tenant
+from models.schema import ApiKey, Message, Tenant
+from tests.api.conftest import make_message
+from tests.api.test_health import closed_port
+from tests.factories import make_tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def intake(
-    *args: str, database_url: str, cwd: Path | None = None
+    *args: str, database_url: str, cwd: Path | None = None, **extra_env: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "INTAKE_DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "INTAKE_DATABASE_URL": database_url,
+        "PYTHONPATH": str(ROOT),
+        **extra_env,
+    }
     return subprocess.run(
         [sys.executable, "-m", "intake", *args],
         env=env,
@@ -90,6 +98,8 @@ def test_tenant_configure_sets_secrets(db: Database) -> None:
     [
         (("tenant", "create", "X", "--region", "ZZ"), "unknown region"),
         (("tenant", "create", "  "), "needs a name"),
+        (("tenant", "create", "n" * 301), "at most 200 characters"),
+        (("worker", "--concurrency", "0"), "--concurrency takes a whole number of 1 or more"),
         (("tenant", "configure", "not-a-uuid", "twilio_auth_token=x"), "not a tenant id"),
         (("tenant", "configure", str(uuid.uuid4()), "twilio_auth_token=x"), "no tenant"),
         (("events", "replay", "nope"), "not a message id"),
@@ -179,3 +189,20 @@ def test_plain_postgresql_url_uses_psycopg(postgres_url: str) -> None:
     result = intake("tenant", "create", "Plain URL", "--json", database_url=plain)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["name"] == "Plain URL"
+
+
+def test_replay_with_the_broker_down_is_a_one_line_error(db: Database) -> None:
+    """`events replay` with the broker refusing connections exits non-zero with one line that
+    says the messages are pending again (the reconciler queues them), never a traceback."""
+    tenant = make_tenant(db)
+    message_id = make_message(db, tenant.id, None, state="failed")
+    result = intake(
+        "events",
+        "replay",
+        str(message_id),
+        database_url=db.url,
+        INTAKE_BROKER_URL=f"redis://127.0.0.1:{closed_port()}/0",
+    )
+    assert_one_line_error(result, "the broker does not answer")
+    with db.sessions() as session:
+        assert session.get(Message, message_id).state == "pending"  # type: ignore[union-attr]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future
 
 import pytest
@@ -240,3 +242,33 @@ def test_a_request_cancelled_while_queued_is_skipped_and_the_batcher_carries_on(
         i for r in results for i in r.message_ids
     }
     assert len(message_rows(db, tenant.id)) == 2
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port whose kernel completes the TCP handshake but whose server never says a word."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # never accepted: connects succeed from the backlog, replies never come
+        yield server.getsockname()[1]
+
+
+def test_a_silent_broker_delays_no_answer(db: Database, silent_port: int) -> None:
+    """With Redis accepting connections and never answering, an accept still returns within a
+    second, its rows committed; the wake-up waits on the waker's thread and then fails there
+    (bounded by the socket timeouts), left to the reconciler."""
+    silent = f"redis://127.0.0.1:{silent_port}/0"
+    settings = Settings(broker_url=silent, redis_url=silent)
+    batcher = AcceptBatcher(db, Dispatcher(settings, make_celery(settings)))
+    tenant = make_tenant(db)
+    try:
+        started = time.monotonic()
+        future = batcher.submit(
+            tenant_id=tenant.id, messages=[inbound("sms", phone="+14155550142")]
+        )
+        assert future.result(timeout=5).new == 1
+        assert time.monotonic() - started < 1.0
+        assert [row.state for row in message_rows(db, tenant.id)] == ["pending"]
+        assert batcher.waker.wait_idle(30)  # bounded: the send gave up by itself
+    finally:
+        batcher.close(timeout=30)

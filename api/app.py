@@ -40,7 +40,6 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     # /healthz and /metrics probes: bounded, on threads of their own (api/bounded.py).
     app.state.probes = BoundedCalls()
     app.state.metrics = metrics.Metrics(app.state.db, probes=app.state.probes)
-    app.state.metrics.registry.register(whatsapp_shared.UnroutedCollector(app.state.db))
     app.state.rate_limiter = ratelimit.make_rate_limiter(settings)
     app.state.tenant_secrets = webhooks.TenantSecrets(app.state.db)
     app.state.phone_number_routes = whatsapp_shared.PhoneNumberRoutes(app.state.db)

@@ -74,6 +74,11 @@ class _PipelineCollector(Collector):
             "Age of the oldest accepted message not yet handled",
             value=stats.oldest_pending_age_seconds,
         )
+        yield GaugeMetricFamily(
+            "intake_whatsapp_unrouted_changes",
+            "Shared-route WhatsApp changes waiting for a tenant to register their number",
+            value=stats.unrouted_changes,
+        )
 
 
 class _SpoolCollector(Collector):

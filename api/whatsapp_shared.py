@@ -13,13 +13,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
@@ -34,7 +32,6 @@ from intake.settings import Settings
 from models.db import Database
 from models.whatsapp_routing import (
     NewUnroutedChange,
-    count_unrouted,
     store_unrouted,
     tenants_of_phone_number_ids,
 )
@@ -119,26 +116,6 @@ async def _keep_unrouted(app: Any, changes: Sequence[NewUnroutedChange]) -> None
             "messages": sum(c.message_count for c in changes),
         },
     )
-
-
-class UnroutedCollector(Collector):
-    """`intake_whatsapp_unrouted_changes`: read at scrape time, so it holds across processes
-    and falls as an operator replays them."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            with self.db.sessions() as session:
-                waiting = count_unrouted(session)
-        except SQLAlchemyError:
-            return  # intake_database_up already says why
-        yield GaugeMetricFamily(
-            "intake_whatsapp_unrouted_changes",
-            "Shared-route WhatsApp changes waiting for a tenant to register their number",
-            value=waiting,
-        )
 
 
 def _unrouted_of(phone_number_id: str, changes: Sequence[ParsedChange]) -> list[NewUnroutedChange]:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.schema import Contact, Message, utcnow
+from models.whatsapp_routing import count_unrouted
 
 INBOUND_SOURCES = ("whatsapp", "telegram", "sms", "email")
 
@@ -23,6 +24,7 @@ class PipelineStats:
     contacts_by_source: dict[str, int] = field(default_factory=dict)
     pending: int = 0
     oldest_pending_age_seconds: float = 0.0
+    unrouted_changes: int = 0  # shared-route WhatsApp changes no tenant has registered yet
 
 
 def pipeline_stats(session: Session, *, now: datetime | None = None) -> PipelineStats:
@@ -55,4 +57,5 @@ def pipeline_stats(session: Session, *, now: datetime | None = None) -> Pipeline
         contacts_by_source=contacts,
         pending=pending,
         oldest_pending_age_seconds=age,
+        unrouted_changes=count_unrouted(session),
     )

@@ -219,6 +219,7 @@ def test_change_lands_only_in_the_tenant_that_registered_its_number(
     )
     assert row.payload["phone"] == phone
     assert stored(db, other_tenant.id) == []
+    assert client.app.state.accept_batcher.waker.wait_idle(10)  # wake-ups go after the answer
     assert (wakeups(settings, tenant.id), wakeups(settings, other_tenant.id)) == (1, 0)
     assert post_shared(client, payload).status_code == 200
     assert [r.id for r in stored(db, tenant.id)] == [row.id]

@@ -60,7 +60,7 @@ def test_a_quiet_tenant_is_not_queued_behind_a_hot_backlog(
     store(
         postgres_db, hot.id, *[inbound("sms", phone=f"+1415557{n:04d}") for n in range(HOT_BACKLOG)]
     )
-    dispatcher.dispatch(hot.id, [])
+    dispatcher.dispatch(hot.id)
     one_worker.start(1)
     wait_for(
         lambda: pending(postgres_db, hot.id) < HOT_BACKLOG,

@@ -17,6 +17,7 @@ from models.db import Database
 from worker.accept_batcher import AcceptBatcher
 from worker.celery_app import make_celery
 from worker.dispatch import Dispatcher
+from worker.locks import make_locks
 
 API_VERSION = "1.0.0"
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.dispatcher = Dispatcher(settings, app.state.celery)
     app.state.accept_batcher = AcceptBatcher(app.state.db, app.state.dispatcher)
+    app.state.tenant_locks = make_locks(settings)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -101,7 +101,7 @@ def test_merge_refuses_itself_unknown_and_other_tenants(
 def test_merged_id_resolves_to_its_survivor_on_every_route(
     client: TestClient, db: Database, tenant: TenantFixture
 ) -> None:
-    """GET, PATCH, messages, identities, merges and DELETE on a merged-away id act on the survivor."""
+    """Every contact route given a merged-away id acts on, and answers with, its survivor."""
     survivor = create(client, tenant, name="Sur")
     other = create(client, tenant, name="Gone")
     make_message(db, tenant.id, uuid.UUID(other["id"]))

@@ -73,9 +73,7 @@ def identity_count(db: Database, tenant_id: uuid.UUID) -> int:
             session.scalar(
                 select(func.count())
                 .select_from(ContactIdentity)
-                .where(
-                    ContactIdentity.tenant_id == tenant_id, ContactIdentity.retired_at.is_(None)
-                )
+                .where(ContactIdentity.tenant_id == tenant_id, ContactIdentity.retired_at.is_(None))
             )
             or 0
         )

@@ -262,7 +262,9 @@ def undo_merge(
     survivor.updated_at = max(now, survivor.updated_at)
     record.undone_at = now
     session.flush()
+    # An identity retired while on the survivor comes back retired: primaries follow on both.
     _sync_primaries(session, survivor)
+    _sync_primaries(session, merged)
     session.flush()
     return merged
 

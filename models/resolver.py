@@ -274,34 +274,48 @@ class _Plan:
             self.filled[contact.id] = contact
 
     def apply(self, session: Session) -> None:
-        if self.new_contacts:
-            session.execute(insert(CONTACTS), [self._contact_row(c) for c in self.new_contacts])
-        if self.filled:
-            _write_fills(session, tenant_id=self.tenant_id, now=self.now, filled=self.filled)
+        create_contacts(session, tenant_id=self.tenant_id, now=self.now, new=self.new_contacts)
+        fill_contacts(session, tenant_id=self.tenant_id, now=self.now, filled=self.filled)
         if self.new_identities:
             session.execute(insert(IDENTITIES), self.new_identities)
         record_handled(session, tenant_id=self.tenant_id, handled=self.handled, now=self.now)
 
-    def _contact_row(self, c: _Contact) -> dict[str, Any]:
-        return {
-            "id": c.id,
-            "tenant_id": self.tenant_id,
-            "name": c.name,
-            "phone": c.phone,
-            "email": c.email,
-            "status": ContactStatus.PROSPECT.value,
-            "role": ContactRole.PROSPECT.value,
-            "channel_preference": c.channel_preference,
-            "source": c.channel_preference,
-            "language": c.language,
-            "created_at": self.now,
-            "updated_at": self.now,
-        }
+
+def create_contacts(
+    session: Session, *, tenant_id: uuid.UUID, now: datetime, new: Sequence[_Contact]
+) -> None:
+    """New senders become contacts: prospects of the channel they wrote on (source and
+    channel preference), in one statement for the batch."""
+    if not new:
+        return
+    session.execute(
+        insert(CONTACTS),
+        [
+            {
+                "id": c.id,
+                "tenant_id": tenant_id,
+                "name": c.name,
+                "phone": c.phone,
+                "email": c.email,
+                "status": ContactStatus.PROSPECT.value,
+                "role": ContactRole.PROSPECT.value,
+                "channel_preference": c.channel_preference,
+                "source": c.channel_preference,
+                "language": c.language,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for c in new
+        ],
+    )
 
 
-def _write_fills(
+def fill_contacts(
     session: Session, *, tenant_id: uuid.UUID, now: datetime, filled: dict[uuid.UUID, _Contact]
 ) -> None:
+    """Known contacts gain what they lacked (primary phone or email, channel, a real name)."""
+    if not filled:
+        return
     # COALESCE and the stand-in test re-check at write time: a value someone else set since we
     # read the contact is kept, not overwritten.
     session.execute(

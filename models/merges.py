@@ -274,16 +274,15 @@ def _move_back(
 ) -> None:
     identity_ids = [uuid.UUID(i) for i in record.identity_ids]
     if identity_ids:
-        for row in session.execute(
-            select(ContactIdentity.kind, ContactIdentity.value, ContactIdentity.contact_id).where(
-                ContactIdentity.tenant_id == record.tenant_id,
-                ContactIdentity.id.in_(identity_ids),
-                ContactIdentity.contact_id != survivor.id,
+        moved = list(
+            session.scalars(
+                select(ContactIdentity).where(
+                    ContactIdentity.tenant_id == record.tenant_id,
+                    ContactIdentity.id.in_(identity_ids),
+                )
             )
-        ):
-            raise UndoConflictError(
-                f"identity {row.kind} {row.value} is now on contact {row.contact_id}"
-            )
+        )
+        _refuse_lost_identities(session, record=record, survivor=survivor, moved=moved)
         session.execute(
             update(ContactIdentity)
             .where(
@@ -305,6 +304,27 @@ def _move_back(
             .values(contact_id=merged.id),
             execution_options={"synchronize_session": False},
         )
+
+
+def _refuse_lost_identities(
+    session: Session, *, record: ContactMerge, survivor: Contact, moved: Sequence[ContactIdentity]
+) -> None:
+    """An identity the merged contact brought that has left the survivor, or was retired since
+    and is now another contact's, cannot come back with it: the undo is no longer as asked."""
+    for row in moved:
+        if row.contact_id != survivor.id:
+            raise UndoConflictError(
+                f"identity {row.kind} {row.value} is now on contact {row.contact_id}"
+            )
+    since = [
+        (row.kind, row.value)
+        for row in moved
+        if row.retired_at is not None and row.retired_at >= record.created_at
+    ]
+    for (kind, value), holder in identities.holders(
+        session, tenant_id=record.tenant_id, keys=since
+    ).items():
+        raise UndoConflictError(f"identity {kind} {value} is now on contact {holder}")
 
 
 def _restore_values(record: ContactMerge, survivor: Contact) -> None:

@@ -264,3 +264,27 @@ def test_deleted_contacts_identities_no_longer_match(
     [fresh] = client.get(CONTACTS, headers=tenant.auth).json()["data"]
     assert fresh["id"] != contact["id"]
     assert identities(client, tenant, fresh["id"]) == {("phone", phone)}
+
+
+def test_undo_refused_when_an_identity_it_brought_is_someone_elses_now(
+    client: TestClient, tenant: TenantFixture
+) -> None:
+    """A phone the merged contact brought, changed away and taken by a new contact: 409."""
+    phone = unique_phone()
+    survivor = create(client, tenant, name="Keep")
+    other = create(client, tenant, name="Brought", phone=phone)
+    merge(client, tenant, survivor["id"], other["id"])
+    changed = client.patch(
+        f"{CONTACTS}/{survivor['id']}", json={"phone": unique_phone()}, headers=tenant.auth
+    )
+    assert changed.status_code == 200
+    taker = create(client, tenant, name="Taker", phone=phone)
+    [record] = client.get(f"{CONTACTS}/{survivor['id']}/merges", headers=tenant.auth).json()["data"]
+    refused = client.post(
+        f"{CONTACTS}/{survivor['id']}/merges/{record['id']}/undo", headers=tenant.auth
+    )
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"The merge cannot be undone: identity phone {phone} is now on contact {taker['id']}."
+    )
+    assert len(client.get(CONTACTS, headers=tenant.auth).json()["data"]) == 2

@@ -3,7 +3,8 @@
 Two contacts of one person (an SMS number, a Telegram id) receive 200 messages from 8 threads
 into two `intake worker` processes; some messages attest the link and merge them, while the
 API merges and undoes the same pair. Whatever the interleaving, nothing is orphaned, lost or
-held twice, and the end state is exact.
+held twice, and the end state is exact. The attested links of the interface also run once
+end to end through real workers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import uvicorn
 from sqlalchemy import func, select
 
 from api.app import create_app
-from channels.base import InboundMessage
+from channels.base import Identity, InboundMessage
 from intake.settings import Settings
 from models.db import Database
 from models.schema import Contact, ContactIdentity, ContactMerge, Message
@@ -227,3 +228,42 @@ def test_merges_undos_and_ingestion_race_without_loss(
         )
     assert "api" in reasons
     assert "attested: telegram shared phone" in reasons
+
+
+def test_links_end_to_end_through_real_workers(
+    postgres_db: Database, redis_url: str, pg_workers: Workers
+) -> None:
+    """SMS then Telegram sharing the number; a changed WhatsApp number; RCS+SMS+WhatsApp."""
+    db = postgres_db
+    tenant = make_tenant(db)
+    settings = Settings(database_url=db.url, broker_url=redis_url, redis_url=redis_url)
+    pg_workers.start(2)
+    steps = [
+        inbound("sms", phone="+14155557101"),
+        inbound("telegram", sender_id="7101", phone="+14155557101", display_name="Tel"),
+        inbound("whatsapp", sender_id="14155557102", phone="+14155557102", display_name="Wa"),
+        inbound(
+            "whatsapp",
+            sender_id="14155557103",
+            phone="+14155557103",
+            system=True,
+            text=None,
+            retired=(Identity("whatsapp", "14155557102"), Identity("phone", "+14155557102")),
+        ),
+        inbound("whatsapp", sender_id="14155557103", phone="+14155557103"),
+        inbound("sms", phone="+14155557104", transport="rcs"),
+        inbound("sms", phone="+14155557104"),
+        inbound("whatsapp", sender_id="14155557104", phone="+14155557104"),
+    ]
+    for n, message in enumerate(steps, start=1):
+        accept_twice_from_threads(db, settings, tenant.id, [message], threads=1)
+        wait_for(lambda n=n: handled_count(db, tenant.id) == n, timeout=30, what=f"step {n}")
+    contacts = {c.phone: c for c in live_contacts(db, tenant.id)}
+    assert sorted(contacts) == ["+14155557101", "+14155557103", "+14155557104"]
+    assert contacts["+14155557101"].name == "Tel"
+    assert contacts["+14155557103"].name == "Wa"
+    with db.sessions() as session:
+        owners = list(
+            session.scalars(select(Message.contact_id).where(Message.tenant_id == tenant.id))
+        )
+    assert sorted(owners.count(c.id) for c in contacts.values()) == [2, 3, 3]

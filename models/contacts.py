@@ -250,23 +250,27 @@ def create_contact(
         applied_at=applied_at,
         **values,
     )
-
-    def write() -> None:
-        session.add(contact)
-        session.flush()  # the contact first: its identities refer to it
-        for kind in identities.PRIMARY_KINDS:
-            if values.get(kind):
-                identities.add_identity(
-                    session,
-                    tenant_id=tenant_id,
-                    contact_id=contact.id,
-                    kind=kind,
-                    value=values[kind],
-                    now=now,
-                )
-
-    _write_guarding_duplicates(session, contact, tenant_id=tenant_id, write=write)
+    _write_guarding_duplicates(
+        session, contact, tenant_id=tenant_id, write=lambda: _insert_held(session, contact)
+    )
     return contact
+
+
+def _insert_held(session: Session, contact: Contact) -> None:
+    """A new contact and the identities its primary phone and email are."""
+    session.add(contact)
+    session.flush()  # the contact first: its identities refer to it
+    for kind in identities.PRIMARY_KINDS:
+        value = getattr(contact, kind)
+        if value:
+            identities.add_identity(
+                session,
+                tenant_id=contact.tenant_id,
+                contact_id=contact.id,
+                kind=kind,
+                value=value,
+                now=contact.created_at,
+            )
 
 
 def update_contact(

@@ -101,32 +101,8 @@ def merge_contacts(
             raise ContactNotFoundError(wanted)
     survivor, merged = locked[survivor_id], locked[merged_id]
     now = now or utcnow()
-    identity_ids = list(
-        session.scalars(
-            select(ContactIdentity.id).where(
-                ContactIdentity.tenant_id == tenant_id, ContactIdentity.contact_id == merged.id
-            )
-        )
-    )
-    message_ids = list(
-        session.scalars(
-            select(Message.id).where(
-                Message.tenant_id == tenant_id, Message.contact_id == merged.id
-            )
-        )
-    )
-    # Moving a row changes its contact, never its (kind, value): the unique index is untouched.
-    session.execute(
-        update(ContactIdentity)
-        .where(ContactIdentity.tenant_id == tenant_id, ContactIdentity.contact_id == merged.id)
-        .values(contact_id=survivor.id),
-        execution_options={"synchronize_session": False},
-    )
-    session.execute(
-        update(Message)
-        .where(Message.tenant_id == tenant_id, Message.contact_id == merged.id)
-        .values(contact_id=survivor.id),
-        execution_options={"synchronize_session": False},
+    identity_ids, message_ids = _move_all(
+        session, tenant_id=tenant_id, source=merged.id, target=survivor.id
     )
     gained, kept = _combine(survivor, merged)
     merged.merged_into_id = survivor.id
@@ -148,6 +124,25 @@ def merge_contacts(
     session.add(record)
     session.flush()
     return record
+
+
+def _move_all(
+    session: Session, *, tenant_id: uuid.UUID, source: uuid.UUID, target: uuid.UUID
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Every identity (history too) and message of `source` moves to `target`; returns their ids.
+
+    Moving a row changes its contact, never its (kind, value): the unique index is untouched.
+    Both contacts are locked, and so is the tenant, so what is read is what moves.
+    """
+    moved: list[list[uuid.UUID]] = []
+    for table in (ContactIdentity, Message):
+        owned = (table.tenant_id == tenant_id, table.contact_id == source)
+        moved.append(list(session.scalars(select(table.id).where(*owned))))
+        session.execute(
+            update(table).where(*owned).values(contact_id=target),
+            execution_options={"synchronize_session": False},
+        )
+    return moved[0], moved[1]
 
 
 def _combine(survivor: Contact, merged: Contact) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -213,6 +208,28 @@ def undo_merge(
     `contact_id` names the survivor (or an id merged into it). Raises UndoConflictError when
     the undo can no longer be done as asked.
     """
+    record = _merge_to_undo(session, tenant_id=tenant_id, contact_id=contact_id, merge_id=merge_id)
+    survivor, merged = _lock_pair(session, record=record)
+    now = now or utcnow()
+    _move_back(session, record=record, survivor=survivor, merged=merged)
+    _restore_values(record, survivor)
+    merged.merged_into_id = None
+    merged.merged_at = None
+    merged.updated_at = now
+    survivor.updated_at = max(now, survivor.updated_at)
+    record.undone_at = now
+    session.flush()
+    # An identity retired while on the survivor comes back retired: primaries follow on both.
+    _sync_primaries(session, survivor)
+    _sync_primaries(session, merged)
+    session.flush()
+    return merged
+
+
+def _merge_to_undo(
+    session: Session, *, tenant_id: uuid.UUID, contact_id: uuid.UUID, merge_id: uuid.UUID
+) -> ContactMerge:
+    """The merge, locked, if it is one into the contact the id names and not undone yet."""
     current = resolve_contact(session, tenant_id=tenant_id, contact_id=contact_id)
     record = session.scalars(
         select(ContactMerge)
@@ -237,13 +254,16 @@ def undo_merge(
         )
     if record.undone_at is not None:
         raise UndoConflictError(f"merge {record.id} was already undone")
-    now = now or utcnow()
-    pair = sorted([record.survivor_id, record.merged_id])
+    return record
+
+
+def _lock_pair(session: Session, *, record: ContactMerge) -> tuple[Contact, Contact]:
+    """The survivor and the merged contact, locked in id order, still as the merge left them."""
     rows = {
         row.id: row
         for row in session.scalars(
-            kept_contacts_of(tenant_id)
-            .where(Contact.id.in_(pair))
+            kept_contacts_of(record.tenant_id)
+            .where(Contact.id.in_([record.survivor_id, record.merged_id]))
             .order_by(Contact.id)
             .with_for_update()
             .execution_options(populate_existing=True)
@@ -254,19 +274,7 @@ def undo_merge(
         raise UndoConflictError(f"contact {record.survivor_id} is no longer live")
     if merged is None or merged.merged_into_id != survivor.id:
         raise UndoConflictError(f"contact {record.merged_id} is no longer merged into it")
-    _move_back(session, record=record, survivor=survivor, merged=merged)
-    _restore_values(record, survivor)
-    merged.merged_into_id = None
-    merged.merged_at = None
-    merged.updated_at = now
-    survivor.updated_at = max(now, survivor.updated_at)
-    record.undone_at = now
-    session.flush()
-    # An identity retired while on the survivor comes back retired: primaries follow on both.
-    _sync_primaries(session, survivor)
-    _sync_primaries(session, merged)
-    session.flush()
-    return merged
+    return survivor, merged
 
 
 def _move_back(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, bindparam, case, func, insert, select, update
@@ -147,11 +147,31 @@ class ResolveOutcome:
 
 
 class _Index:
-    """The tenant's live contacts that hold any identity a group of messages carries."""
+    """The tenant's live contacts that hold any identity a batch of messages carries."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenant_id: uuid.UUID, now: datetime) -> None:
+        self.tenant_id = tenant_id
+        self.now = now
         self.contacts: dict[uuid.UUID, _Contact] = {}
         self.holder: dict[Key, uuid.UUID] = {}
+        self.made = 0  # contacts made so far in the batch
+
+    def absorb(self, session: Session, survivor: uuid.UUID, merged: Sequence[uuid.UUID]) -> None:
+        """After a merge: the merged contacts' identities are the survivor's."""
+        gone = set(merged)
+        for key, holder in self.holder.items():
+            if holder in gone:
+                self.holder[key] = survivor
+        for contact_id in gone:
+            self.contacts.pop(contact_id, None)
+        contact = session.get(Contact, survivor)  # in the session since the merge: no query
+        if contact is not None:
+            self.refresh(contact)
+
+    def refresh(self, contact: Contact) -> None:
+        known = self.contacts[contact.id]
+        known.name, known.phone, known.email = contact.name, contact.phone, contact.email
+        known.channel_preference = contact.channel_preference
 
     def found(self, sender: Sender) -> list[tuple[uuid.UUID, Key]]:
         """Each distinct live contact holding one of the sender's identities, in match order,
@@ -165,8 +185,10 @@ class _Index:
         return list(seen.items())
 
 
-def _load_index(session: Session, *, tenant_id: uuid.UUID, senders: Iterable[Sender]) -> _Index:
-    index = _Index()
+def _load_index(
+    session: Session, *, tenant_id: uuid.UUID, now: datetime, senders: Iterable[Sender]
+) -> _Index:
+    index = _Index(tenant_id, now)
     keys = {k for s in senders for k in s.all_lookups()}
     if not keys:
         return index
@@ -225,13 +247,16 @@ class _Plan:
         return True
 
     def _new_contact(self, sender: Sender) -> _Contact:
+        # A microsecond apart, in message order: of two contacts one batch made, the one made
+        # first is the older, and so the survivor should a later message join them.
+        self.index.made += 1
         contact = _Contact(
             uuid.uuid4(),
             sender.name(),
             None,
             None,
             sender.channel,
-            self.now,
+            self.now + timedelta(microseconds=self.index.made),
             is_new=True,
             language=sender.language_code,
         )
@@ -273,12 +298,17 @@ class _Plan:
         if contact.filled and not contact.is_new:
             self.filled[contact.id] = contact
 
-    def apply(self, session: Session) -> None:
+    def apply(self, session: Session, outcome: ResolveOutcome) -> None:
         create_contacts(session, tenant_id=self.tenant_id, now=self.now, new=self.new_contacts)
         fill_contacts(session, tenant_id=self.tenant_id, now=self.now, filled=self.filled)
         if self.new_identities:
             session.execute(insert(IDENTITIES), self.new_identities)
         record_handled(session, tenant_id=self.tenant_id, handled=self.handled, now=self.now)
+        outcome.handled.update(self.handled)
+        outcome.contacts_created += len(self.new_contacts)
+        # Written: the contacts the index keeps are plain known contacts for the next plan.
+        for contact in (*self.new_contacts, *self.filled.values()):
+            contact.is_new = contact.filled = contact.renamed = False
 
 
 def create_contacts(
@@ -302,8 +332,8 @@ def create_contacts(
                 "channel_preference": c.channel_preference,
                 "source": c.channel_preference,
                 "language": c.language,
-                "created_at": now,
-                "updated_at": now,
+                "created_at": c.created_at,
+                "updated_at": c.created_at,
             }
             for c in new
         ],
@@ -382,33 +412,21 @@ def resolve_messages(
     senders: Sequence[tuple[uuid.UUID, Sender]],
     now: datetime,
 ) -> ResolveOutcome:
-    """Resolve each message's sender to a live contact, in order, and record the message."""
+    """Resolve each message's sender to a live contact, in order, and record the message.
+
+    One lookup serves the whole batch: the index is kept in step with every write, merges and
+    retirements included, so the messages after a link see what it did.
+    """
     outcome = ResolveOutcome()
-    rest = list(senders)
-    while rest:
-        plan = _Plan(
-            tenant_id, now, _load_index(session, tenant_id=tenant_id, senders=[s for _, s in rest])
-        )
-        stopped = len(rest)
-        for n, (message_id, sender) in enumerate(rest):
-            if not plan.add(message_id, sender):
-                stopped = n
-                break
-        plan.apply(session)
-        outcome.handled.update(plan.handled)
-        outcome.contacts_created += len(plan.new_contacts)
-        if stopped == len(rest):
-            break
-        message_id, sender = rest[stopped]
-        _link_alone(
-            session,
-            tenant_id=tenant_id,
-            message_id=message_id,
-            sender=sender,
-            now=now,
-            outcome=outcome,
-        )
-        rest = rest[stopped + 1 :]
+    index = _load_index(session, tenant_id=tenant_id, now=now, senders=[s for _, s in senders])
+    plan = _Plan(tenant_id, now, index)
+    for message_id, sender in senders:
+        if plan.add(message_id, sender):
+            continue
+        plan.apply(session, outcome)
+        _link_alone(session, index=index, message_id=message_id, sender=sender, outcome=outcome)
+        plan = _Plan(tenant_id, now, index)
+    plan.apply(session, outcome)
     return outcome
 
 
@@ -420,14 +438,13 @@ def _reason(sender: Sender, key: Key) -> str:
 def _link_alone(
     session: Session,
     *,
-    tenant_id: uuid.UUID,
+    index: _Index,
     message_id: uuid.UUID,
     sender: Sender,
-    now: datetime,
     outcome: ResolveOutcome,
 ) -> None:
     """One message whose identities join contacts or retire some: merge, record, retire."""
-    index = _load_index(session, tenant_id=tenant_id, senders=[sender])
+    plan = _Plan(index.tenant_id, index.now, index)
     found = index.found(sender)
     if len(found) > 1:
         order = {contact_id: n for n, (contact_id, _) in enumerate(found)}
@@ -439,25 +456,25 @@ def _link_alone(
             later = max(survivor.id, other.id, key=lambda c: order[c])
             merges.merge_contacts(
                 session,
-                tenant_id=tenant_id,
+                tenant_id=index.tenant_id,
                 survivor_id=survivor.id,
                 merged_id=other.id,
                 reason=_reason(sender, key_of[later]),
-                now=now,
+                now=index.now,
             )
             outcome.merges += 1
-        index = _load_index(session, tenant_id=tenant_id, senders=[sender])
-    plan = _Plan(tenant_id, now, index)
+        index.absorb(session, survivor.id, [o.id for o in others])
     if not plan.add(message_id, sender, alone=True):
         raise UnresolvedLinkError(f"message {message_id} still names several contacts")
-    plan.apply(session)
-    outcome.handled.update(plan.handled)
-    outcome.contacts_created += len(plan.new_contacts)
-    contact_id = plan.handled[message_id]
+    plan.apply(session, outcome)
     retired = [k for key in sender.retired for k in sender.lookups(key)]
+    contact_id = plan.handled[message_id]
     if retired and identities.retire_identities(
-        session, tenant_id=tenant_id, contact_id=contact_id, keys=retired, now=now
+        session, tenant_id=index.tenant_id, contact_id=contact_id, keys=retired, now=index.now
     ):
+        for key in retired:
+            index.holder.pop(key, None)
         contact = session.get(Contact, contact_id, populate_existing=True)
         if contact is not None:
             merges.sync_primaries(session, contact=contact)
+            index.refresh(contact)

@@ -9,7 +9,8 @@ added to the contact; one that another live contact holds merges the two (models
 
 A batch is planned in memory from one lookup and written with a few executemany statements.
 A message that needs a merge or retires identities is done alone, in order, through the ORM
-with its row locks; the plan then goes on from a fresh lookup. Functions never commit.
+with its row locks; the in-memory index follows what it did, and planning goes on. Functions
+never commit.
 """
 
 from __future__ import annotations

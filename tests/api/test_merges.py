@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from models.db import Database
-from models.schema import Contact, ContactIdentity
+from models.schema import Contact, ContactIdentity, ContactMerge
 from tests.api.conftest import CONTACTS, create, make_message, unique_email, unique_phone
 from tests.factories import TenantFixture
 from tests.worker.helpers import inbound, ingest
@@ -58,6 +58,16 @@ def test_merge_moves_identities_and_messages_and_fills_gaps(
         "api",
         None,
     )
+    with db.sessions() as session:
+        stored = session.get(ContactMerge, uuid.UUID(record["id"]))
+        assert stored is not None
+        held = session.scalars(
+            select(ContactIdentity.id).where(ContactIdentity.contact_id == stored.survivor_id)
+        )
+        assert (stored.kept, stored.message_ids) == ({"name": "Ann B"}, [str(moved)])
+        assert set(stored.gained) == {"phone", "referral_source"}
+        assert len(stored.identity_ids) == 1
+        assert stored.identity_ids[0] in {str(i) for i in held}
 
 
 def test_status_and_role_taken_only_over_defaults(

@@ -21,6 +21,7 @@ from models.db import Database
 from worker.accept_batcher import AcceptBatcher
 from worker.celery_app import make_celery
 from worker.dispatch import Dispatcher
+from worker.locks import make_locks
 from worker.spool import Spool
 
 API_VERSION = "1.0.0"
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.accept_batcher = AcceptBatcher(app.state.db, app.state.dispatcher)
     app.state.spool = Spool(settings.spool_dir, app.state.db, app.state.accept_batcher.waker)
     app.state.metrics.watch_spool(app.state.spool)
+    app.state.tenant_locks = make_locks(settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(DeadlineMiddleware)

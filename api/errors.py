@@ -32,6 +32,8 @@ from models.idempotency import (
     IdempotencyKeyInFlightError,
     IdempotencyKeyReusedError,
 )
+from models.merges import MergeNotFoundError, SameContactError, UndoConflictError
+from worker.locks import LockWaitTimeoutError
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "tag:intake,2026:problems/"  # RFC 9457 §3.1.1: an identifier, not a page to fetch
@@ -84,7 +86,8 @@ RESPONSE_DESCRIPTIONS = {
     401: "Missing or wrong API key",
     404: "No such contact for this tenant (also a deleted contact or a malformed id)",
     409: "Conflict: a duplicate phone or email (`existingContactId`), "
-    "or the Idempotency-Key is in use by a request in progress",
+    "the Idempotency-Key is in use by a request in progress, "
+    "or a merge that can no longer be undone (`detail` says why)",
     422: "The Idempotency-Key was used with a different body",
     500: "Unexpected error",
     503: "A dependency does not answer",
@@ -118,6 +121,25 @@ def problem_for(exc: Exception) -> Problem | None:
     """The HTTP answer for a domain error; None for anything unexpected."""
     if isinstance(exc, ContactNotFoundError):
         return Problem(404, "No such contact.", slug="contact-not-found")
+    if isinstance(exc, MergeNotFoundError):
+        return Problem(404, "No such merge of this contact.", slug="merge-not-found")
+    if isinstance(exc, SameContactError):
+        return Problem(
+            400,
+            "A contact cannot be merged into itself.",
+            errors=[{"field": "contactId", "message": "is the contact itself"}],
+            slug="invalid-request",
+        )
+    if isinstance(exc, UndoConflictError):
+        return Problem(409, f"The merge cannot be undone: {exc}.", slug="undo-conflict")
+    if isinstance(exc, LockWaitTimeoutError):
+        # Ingestion held the tenant's lock for longer than we wait: retry shortly.
+        return Problem(
+            503,
+            "The contact is busy; retry shortly.",
+            slug="unavailable",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, DuplicateContactError):
         field_name = to_camel(exc.field)
         if exc.existing_id is None:
@@ -164,6 +186,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(ContactError, _on_domain_error)
     app.add_exception_handler(IdempotencyError, _on_domain_error)
+    app.add_exception_handler(LockWaitTimeoutError, _on_domain_error)
     app.add_exception_handler(OperationalError, _on_domain_error)
     app.add_exception_handler(InterfaceError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -54,6 +54,7 @@ class Base(DeclarativeBase):
 
 LIVE = text("deleted_at IS NULL")
 PENDING = text("state = 'pending'")
+ACTIVE = text("retired_at IS NULL")
 
 
 class Tenant(Base):
@@ -102,25 +103,15 @@ class Contact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A merged contact is kept, out of every list, pointing at the contact that absorbed it.
+    merged_into_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("contacts.id"), default=None
+    )
+    merged_at: Mapped[datetime | None] = mapped_column(default=None)
 
+    # Phone and email uniqueness lives on contact_identities: the primary phone and email are
+    # identities too, and that table's unique index is the one judge.
     __table_args__ = (
-        # The database itself refuses two live contacts of a tenant with one phone or one email.
-        Index(
-            "uq_contacts_tenant_phone_live",
-            "tenant_id",
-            "phone",
-            unique=True,
-            postgresql_where=LIVE,
-            sqlite_where=LIVE,
-        ),
-        Index(
-            "uq_contacts_tenant_email_live",
-            "tenant_id",
-            "email",
-            unique=True,
-            postgresql_where=LIVE,
-            sqlite_where=LIVE,
-        ),
         Index(
             "ix_contacts_tenant_created",
             "tenant_id",
@@ -157,19 +148,61 @@ class Contact(Base):
 
 
 class ContactIdentity(Base):
-    """A channel's own id for a sender (a Telegram user id, a WhatsApp id) and the contact it is."""
+    """One way a person is known (`phone`, `email`, `whatsapp`, `whatsapp_bsuid`, `telegram`).
+
+    An active identity (not retired) names one contact; retiring it keeps the contact's history
+    while freeing the value, which is what a soft delete and a changed number do.
+    """
 
     __tablename__ = "contact_identities"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
     contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"), index=True)
-    channel: Mapped[str] = mapped_column(String(20))
-    sender_id: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))
+    value: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(default=None)
 
     __table_args__ = (
-        Index("uq_contact_identities_sender", "tenant_id", "channel", "sender_id", unique=True),
+        # The database refuses one identity on two contacts of a tenant: the judge of every race.
+        Index(
+            "uq_contact_identities_active",
+            "tenant_id",
+            "kind",
+            "value",
+            unique=True,
+            postgresql_where=ACTIVE,
+            sqlite_where=ACTIVE,
+        ),
+    )
+
+
+class ContactMerge(Base):
+    """One contact absorbed by another: why, what moved, and what the survivor kept or gained.
+
+    `identity_ids` and `message_ids` are what moved, so an undo can move exactly those back;
+    `kept` holds the merged contact's values that the survivor overrode, `gained` the
+    survivor's fields it took from the merged contact (field -> value taken).
+    """
+
+    __tablename__ = "contact_merges"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    survivor_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"))
+    merged_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"))
+    reason: Mapped[str] = mapped_column(String(200))
+    identity_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    message_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    kept: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    gained: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        Index("ix_contact_merges_survivor", "tenant_id", "survivor_id", "created_at"),
+        Index("ix_contact_merges_merged", "tenant_id", "merged_id"),
     )
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from models.schema import Contact, Message, utcnow
+from models.schema import Contact, ContactMerge, Message, utcnow
 
 INBOUND_SOURCES = ("whatsapp", "telegram", "sms", "email")
 
@@ -21,6 +21,7 @@ INBOUND_SOURCES = ("whatsapp", "telegram", "sms", "email")
 class PipelineStats:
     messages: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, state) -> n
     contacts_by_source: dict[str, int] = field(default_factory=dict)
+    merges_by_how: dict[str, int] = field(default_factory=dict)  # "api" or "attested" -> n
     pending: int = 0
     oldest_pending_age_seconds: float = 0.0
 
@@ -42,6 +43,10 @@ def pipeline_stats(session: Session, *, now: datetime | None = None) -> Pipeline
             .group_by(Contact.source)
         ).all()
     )
+    how = case((ContactMerge.reason == "api", "api"), else_="attested")
+    merges: dict[str, int] = dict(
+        session.execute(select(how, func.count()).select_from(ContactMerge).group_by(how)).all()
+    )
     oldest = session.scalar(
         select(Message.accepted_at)
         .where(Message.state == "pending")
@@ -53,6 +58,7 @@ def pipeline_stats(session: Session, *, now: datetime | None = None) -> Pipeline
     return PipelineStats(
         messages=messages,
         contacts_by_source=contacts,
+        merges_by_how=merges,
         pending=pending,
         oldest_pending_age_seconds=age,
     )

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models.events import record_contact_updated, record_event
 from models.identity import InvalidIdentityError, digits_of, normalize_email, normalize_phone
 from models.languages import is_language_code
 from models.schema import Contact, Message, utcnow
@@ -216,6 +217,9 @@ def create_contact(
         **values,
     )
     _flush_guarding_duplicates(session, contact, tenant_id=tenant_id)
+    record_event(
+        session, tenant_id=tenant_id, type="contact.created", data={"contactId": str(contact.id)}
+    )
     return contact
 
 
@@ -261,6 +265,9 @@ def update_contact(
     # Bumped even for a no-op PATCH: the client asked for a write and saw it succeed.
     contact.updated_at = max(now, contact.updated_at)
     _flush_guarding_duplicates(session, contact, tenant_id=tenant_id)
+    record_contact_updated(
+        session, tenant_id=tenant_id, contact_id=contact.id, changed=list(changed)
+    )
     return contact
 
 
@@ -277,6 +284,9 @@ def delete_contact(
     contact.deleted_at = now
     contact.updated_at = now
     session.flush()
+    record_event(
+        session, tenant_id=tenant_id, type="contact.deleted", data={"contactId": str(contact_id)}
+    )
 
 
 def list_contact_messages(

@@ -79,7 +79,8 @@ def tenant_for_api_key(session: Session, *, api_key: str) -> Tenant | None:
 
 
 def configure_tenant(session: Session, *, tenant_id: uuid.UUID, values: dict[str, str]) -> Tenant:
-    """Set channel secrets (and `region`, `max_page_size`); unknown keys are refused whole."""
+    """Set channel secrets (and `region`, `max_page_size`, `events_include_body`); unknown keys
+    are refused whole."""
     tenant = get_tenant(session, tenant_id=tenant_id)
     new_secrets = dict(tenant.secrets)
     for key, value in values.items():
@@ -93,8 +94,14 @@ def configure_tenant(session: Session, *, tenant_id: uuid.UUID, values: dict[str
             if not value.isdigit() or not 1 <= int(value) <= 1000:
                 raise InvalidTenantSettingError("max_page_size takes a whole number 1-1000")
             tenant.max_page_size = int(value)
+        elif key == "events_include_body":
+            if value not in ("0", "1"):
+                raise InvalidTenantSettingError("events_include_body takes 1 (on) or 0 (off)")
+            tenant.events_include_body = value == "1"
         else:
-            known = ", ".join(sorted([*CHANNEL_SECRETS, "region", "max_page_size"]))
+            known = ", ".join(
+                sorted([*CHANNEL_SECRETS, "region", "max_page_size", "events_include_body"])
+            )
             raise InvalidTenantSettingError(f"unknown key {key!r}; known keys: {known}")
     tenant.secrets = new_secrets
     session.flush()

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from channels.base import InboundMessage
 from models.db import Database
+from models.events import record_ingestion_events
 from models.identity import (
     InvalidIdentityError,
     digits_of,
@@ -151,6 +152,7 @@ class _Contact:
     filled: bool = False
     renamed: bool = False
     language: str = "en"  # only written for a new contact
+    changed: list[str] = field(default_factory=list)  # what _fill gave it, for its event
 
 
 @dataclass
@@ -330,17 +332,21 @@ def _fill(contact: _Contact, sender: Sender, index: _Index) -> None:
     if stand_in and (sender.display_name or not contact.name.strip()):
         contact.name = sender.display_name or sender.name
         contact.renamed = contact.filled = True
+        contact.changed.append("name")
     if not contact.phone and sender.phone and sender.phone not in index.by_phone:
         contact.phone = sender.phone
         index.by_phone[sender.phone] = contact
         contact.filled = True
+        contact.changed.append("phone")
     if not contact.email and sender.email and sender.email not in index.by_email:
         contact.email = sender.email
         index.by_email[sender.email] = contact
         contact.filled = True
+        contact.changed.append("email")
     if contact.channel_preference is None:
         contact.channel_preference = sender.channel
         contact.filled = True
+        contact.changed.append("channel_preference")
 
 
 def _apply(session: Session, *, tenant_id: uuid.UUID, plan: _Plan, now: datetime) -> None:
@@ -429,6 +435,13 @@ def _apply(session: Session, *, tenant_id: uuid.UUID, plan: _Plan, now: datetime
             ),
             plan.handled,
         )
+    record_ingestion_events(
+        session,
+        tenant_id=tenant_id,
+        created=[c.id for c in plan.new_contacts],
+        updated={c.id: c.changed for c in plan.filled.values()},
+        handled=[(h["b_id"], h["b_contact"]) for h in plan.handled],
+    )
 
 
 def _describe(exc: BaseException) -> str:

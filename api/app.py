@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api import contacts, health, metrics, ratelimit, webhooks
+from api import contacts, events, health, metrics, ratelimit, webhook_endpoints, webhooks
 from api.errors import PROBLEM_JSON, install_error_handlers
 from intake.settings import Settings
 from models.db import Database
@@ -43,6 +43,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(webhooks.build_router())
     app.include_router(contacts.router)
+    app.include_router(events.router)
+    app.include_router(webhook_endpoints.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

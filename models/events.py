@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, Table, delete, func, insert, select, update
@@ -298,3 +298,18 @@ def record_ingestion_events(
                 data["body"] = row.body
             events.append(NewEvent("message.received", data))
     record_events(session, tenant_id=tenant_id, events=events)
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_body(event: Event) -> dict[str, Any]:
+    """An event as the feed and webhooks show it."""
+    return {
+        "id": str(event.id),
+        "type": event.type,
+        "sequence": event.sequence,
+        "createdAt": _rfc3339(event.created_at),
+        "data": event.data,
+    }

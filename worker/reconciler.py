@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from intake.settings import Settings
 from models.db import Database
+from models.events import prune_tenant_events, tenants_with_events_before
 from models.schema import Message, utcnow
 from worker.dispatch import MAX_IDS_IN_TASK, RECONCILE_TASK, Dispatcher
 
@@ -54,6 +55,26 @@ def reconcile(db: Database, dispatcher: Dispatcher, *, older_than_seconds: float
     if stale:
         log.info("reconcile.redispatched tenants=%d messages=%d", len(stale), len(rows))
     return len(stale)
+
+
+def prune_expired_events(db: Database, *, retention_days: float) -> int:
+    """Remove events (and their deliveries) older than the feed keeps; one transaction per
+    tenant, so the tenant's counter row is locked only briefly. Returns how many went."""
+    before = utcnow() - timedelta(days=retention_days)
+    with db.sessions() as session:
+        tenant_ids = tenants_with_events_before(session, before=before)
+    removed = 0
+    for tenant_id in tenant_ids:
+        with db.unit_of_work() as session:
+            removed += prune_tenant_events(session, tenant_id=tenant_id, before=before)
+    if removed:
+        log.info(
+            "events.pruned tenants=%d events=%d",
+            len(tenant_ids),
+            removed,
+            extra={"tenants": len(tenant_ids), "events": removed},
+        )
+    return removed
 
 
 class ReconcileTimer:

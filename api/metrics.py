@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.db import Database
 from models.stats import pipeline_stats
+from models.webhook_endpoints import delivery_stats
 
 
 class _PipelineCollector(Collector):
@@ -67,6 +68,34 @@ class _PipelineCollector(Collector):
         )
 
 
+class _DeliveryCollector(Collector):
+    """Outbound webhook attempts by outcome and deliveries by state, read at scrape time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with self.db.sessions() as session:
+                attempts, deliveries = delivery_stats(session)
+        except SQLAlchemyError:
+            return  # intake_database_up says why
+        by_outcome = CounterMetricFamily(
+            "intake_event_delivery_attempts",
+            "Outbound webhook requests by outcome",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(attempts.items()):
+            by_outcome.add_metric([outcome], count)
+        by_state = GaugeMetricFamily(
+            "intake_event_deliveries", "Outbound event deliveries by state", labels=["state"]
+        )
+        for state, count in sorted(deliveries.items()):
+            by_state.add_metric([state], count)
+        yield by_outcome
+        yield by_state
+
+
 class Metrics:
     """One registry per app, so that several apps in one process (tests) never share counts."""
 
@@ -103,6 +132,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_PipelineCollector(db))
+        self.registry.register(_DeliveryCollector(db))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

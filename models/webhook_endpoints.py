@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, exists, insert, or_, select, update
+from sqlalchemy import Select, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.contacts import Page
@@ -501,3 +501,18 @@ def disable_endpoint(session: Session, *, endpoint: WebhookEndpoint, now: dateti
             "failingSince": f"{endpoint.failing_since:%Y-%m-%dT%H:%M:%SZ}",
         },
     )
+
+
+def delivery_stats(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """Attempts by outcome and deliveries by state, across tenants, for /metrics."""
+    attempts: dict[str, int] = {}
+    for outcome, count in session.execute(
+        select(WebhookAttempt.outcome, func.count()).group_by(WebhookAttempt.outcome)
+    ):
+        attempts[outcome] = count
+    deliveries: dict[str, int] = {}
+    for state, count in session.execute(
+        select(WebhookDelivery.state, func.count()).group_by(WebhookDelivery.state)
+    ):
+        deliveries[state] = count
+    return attempts, deliveries

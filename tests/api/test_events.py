@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from api.app import create_app
 from intake.settings import Settings
 from models.db import Database
-from models.schema import Event, utcnow
+from models.schema import Event, WebhookDelivery, utcnow
+from models.webhook_endpoints import AttemptResult, fan_out, record_attempt
 from tests.api.conftest import create
 from tests.factories import TenantFixture, make_tenant
 from worker.reconciler import prune_expired_events
@@ -266,3 +268,63 @@ def test_endpoints_are_tenant_scoped(
     assert client.delete(base, headers=tenant.auth).status_code == 404
     assert client.get(base, headers=other.auth).json()["enabled"] is True
     assert client.get(f"{ENDPOINTS}/not-an-id", headers=tenant.auth).status_code == 404
+
+
+def test_deliveries_list_every_attempt_and_redeliver_resets(
+    private_client: TestClient, db: Database, tenant: TenantFixture
+) -> None:
+    """GET …/deliveries shows each attempt's status and latency; redeliver makes it pending."""
+    client = private_client
+    created = _endpoint(client, tenant)
+    endpoint_id = uuid.UUID(created["id"])
+    create(client, tenant)
+    with db.unit_of_work() as session:
+        fan_out(session, endpoint_id=endpoint_id)
+    with db.unit_of_work() as session:
+        delivery = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
+        ).one()
+        for status in (500, 200):
+            record_attempt(
+                session,
+                delivery_id=delivery.id,
+                result=AttemptResult(
+                    "succeeded" if status == 200 else "http_error", 42, status_code=status
+                ),
+                now=utcnow(),
+            )
+    base = f"{ENDPOINTS}/{created['id']}/deliveries"
+    listed = client.get(base, headers=tenant.auth)
+    assert listed.status_code == 200, listed.text
+    (item,) = listed.json()["data"]
+    assert item["state"] == "succeeded"
+    assert [a["statusCode"] for a in item["attempts"]] == [500, 200]
+    assert [a["latencyMs"] for a in item["attempts"]] == [42, 42]
+    again = client.post(f"{base}/{item['id']}/redeliver", headers=tenant.auth)
+    assert again.status_code == 202, again.text
+    assert again.json()["state"] == "pending"
+    unknown = client.post(f"{base}/{uuid.uuid4()}/redeliver", headers=tenant.auth)
+    assert unknown.status_code == 404
+
+
+def test_metrics_count_delivery_attempts_by_outcome(
+    private_client: TestClient, db: Database, tenant: TenantFixture
+) -> None:
+    """/metrics carries intake_event_delivery_attempts_total by outcome."""
+    created = _endpoint(private_client, tenant)
+    create(private_client, tenant)
+    with db.unit_of_work() as session:
+        fan_out(session, endpoint_id=uuid.UUID(created["id"]))
+    with db.unit_of_work() as session:
+        delivery = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.endpoint_id == uuid.UUID(created["id"]))
+        ).one()
+        record_attempt(
+            session,
+            delivery_id=delivery.id,
+            result=AttemptResult("timeout", 10_000, error="timed out"),
+            now=utcnow(),
+        )
+    text = private_client.get("/metrics").text
+    assert 'intake_event_delivery_attempts_total{outcome="timeout"}' in text
+    assert 'intake_event_deliveries{state="pending"}' in text

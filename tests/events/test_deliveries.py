@@ -6,7 +6,7 @@ The round functions are called directly (no Celery); the end-to-end tests run re
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 
 import pytest
@@ -36,9 +36,11 @@ def sender() -> Iterator[WebhookSender]:
     client.close()
 
 
-def _endpoint(db: Database, tenant_id: uuid.UUID, url: str, **fields: object) -> WebhookEndpoint:
+def _endpoint(
+    db: Database, tenant_id: uuid.UUID, url: str, event_types: Sequence[str] = ()
+) -> WebhookEndpoint:
     with db.unit_of_work() as session:
-        return create_endpoint(session, tenant_id=tenant_id, url=url, **fields)  # type: ignore[arg-type]
+        return create_endpoint(session, tenant_id=tenant_id, url=url, event_types=event_types)
 
 
 def _contacts(db: Database, tenant_id: uuid.UUID, count: int) -> None:
@@ -65,13 +67,18 @@ def _deliveries(db: Database, endpoint_id: uuid.UUID) -> list[WebhookDelivery]:
 
 
 def _drive(
-    db: Database, sender: WebhookSender, endpoint_id: uuid.UUID, *, until: object, timeout: float
+    db: Database,
+    sender: WebhookSender,
+    endpoint_id: uuid.UUID,
+    *,
+    until: Callable[[], bool],
+    timeout: float,
 ) -> None:
     """Run rounds (as the pump would) until `until()` holds."""
 
     def step() -> bool:
         run_delivery_round(db, sender, endpoint_id=endpoint_id, backoff_scale=0.0001)
-        return bool(until())  # type: ignore[operator]
+        return until()
 
     wait_until(step, timeout=timeout, what="deliveries")
 
@@ -305,3 +312,38 @@ def test_pump_leases_each_endpoint_once(db: Database) -> None:
     pump_once(db, app)
     assert [str(endpoint.id)] in app.args
     assert app.args.count([str(endpoint.id)]) == 1
+
+
+def test_sender_connects_to_the_checked_address_with_the_name_as_host(
+    db: Database, receiver: ReceiverServer
+) -> None:
+    """A name only our resolver knows reaches the receiver: the connect uses the checked
+    address (no second lookup), and `Host` still names the endpoint's host."""
+    tenant = make_tenant(db)
+    endpoint = _endpoint(db, tenant.id, f"http://receiver.invalid:{receiver.port}/hooks")
+    _contacts(db, tenant.id, 1)
+    pinned = WebhookSender(
+        timeout_seconds=2, allow_private=True, resolve=lambda host, port: ["127.0.0.1"]
+    )
+    try:
+        result = run_delivery_round(db, pinned, endpoint_id=endpoint.id)
+    finally:
+        pinned.close()
+    assert result.succeeded == 1
+    assert receiver.receiver.received[0].headers["host"] == f"receiver.invalid:{receiver.port}"
+
+
+def test_redirect_is_not_followed(
+    db: Database, receiver: ReceiverServer, sender: WebhookSender
+) -> None:
+    """A 302 to elsewhere is a failed attempt, and nothing is sent to the Location."""
+    tenant = make_tenant(db)
+    endpoint = _endpoint(db, tenant.id, receiver.url)
+    receiver.receiver.script.append(
+        Answer(302, headers=(("location", "http://169.254.169.254/latest"),))
+    )
+    _contacts(db, tenant.id, 1)
+    result = run_delivery_round(db, sender, endpoint_id=endpoint.id)
+    assert result.failed == 1
+    assert len(receiver.receiver.received) == 1
+    assert _deliveries(db, endpoint.id)[0].last_status == 302

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from intake.settings import Settings
 from models.contacts import create_contact
@@ -99,9 +99,9 @@ def processes(own_database: Database, redis_url: str, tmp_path: Path) -> Iterato
     procs.kill_all()
 
 
-def _count(db: Database, statement: object) -> int:
+def _count(db: Database, statement: Select[int]) -> int:
     with db.sessions() as session:
-        return int(session.scalar(statement) or 0)  # type: ignore[call-overload]
+        return int(session.scalar(statement) or 0)
 
 
 def test_events_reach_the_receiver_after_it_was_down_and_ingestion_never_waits(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from tests.factories import make_tenant
 from tests.worker.helpers import inbound, ingest
 
 
-def _create(db: Database, tenant_id: uuid.UUID, **fields: str) -> uuid.UUID:
+def _create(db: Database, tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
     fields.setdefault("name", "Jane Smith")
     fields.setdefault("email", f"{uuid.uuid4().hex[:10]}@example.com")
     with db.unit_of_work() as session:

@@ -122,29 +122,26 @@ class WebhookSender:
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": sign(due.secrets, msg_id=msg_id, timestamp=now, body=body),
         }
-        # Connect to the address that was checked, not to whatever the name resolves to next.
-        pinned = url.copy_with(host=target.addresses[0])
-        try:
-            with self._client.stream(
-                "POST",
-                pinned,
-                content=body.encode(),
-                headers=headers,
-                extensions={"sni_hostname": target.host},
-            ) as response:
-                read = 0
-                for chunk in response.iter_raw():
-                    read += len(chunk)
-                    if read >= MAX_RESPONSE_BYTES:
-                        break
-                status = response.status_code
-                retry_after = _retry_after(response.headers.get("retry-after"), now=now)
-        except httpx.TimeoutException as exc:
-            return AttemptResult("timeout", elapsed(), error=f"timed out: {type(exc).__name__}")
-        except httpx.HTTPError as exc:
-            return AttemptResult(
-                "connection_error", elapsed(), error=f"{type(exc).__name__}: {exc}"[:500]
-            )
+        # Connect to an address that was checked, not to whatever the name resolves to next;
+        # the next checked address is tried only when one refuses the connection.
+        for index, address in enumerate(target.addresses):
+            try:
+                status, retry_after = self._post(
+                    url.copy_with(host=address), body, headers, sni_hostname=target.host, now=now
+                )
+                break
+            except httpx.ConnectError as exc:
+                if index + 1 < len(target.addresses):
+                    continue
+                return AttemptResult(
+                    "connection_error", elapsed(), error=f"{type(exc).__name__}: {exc}"[:500]
+                )
+            except httpx.TimeoutException as exc:
+                return AttemptResult("timeout", elapsed(), error=f"timed out: {type(exc).__name__}")
+            except httpx.HTTPError as exc:
+                return AttemptResult(
+                    "connection_error", elapsed(), error=f"{type(exc).__name__}: {exc}"[:500]
+                )
         if 200 <= status < 300:
             return AttemptResult("succeeded", elapsed(), status_code=status)
         return AttemptResult(
@@ -154,6 +151,30 @@ class WebhookSender:
             error=f"answered {status}",
             retry_after=retry_after,
         )
+
+    def _post(
+        self,
+        url: httpx.URL,
+        body: str,
+        headers: dict[str, str],
+        *,
+        sni_hostname: str,
+        now: datetime,
+    ) -> tuple[int, timedelta | None]:
+        """POST and read at most MAX_RESPONSE_BYTES of the answer: its status, Retry-After."""
+        with self._client.stream(
+            "POST",
+            url,
+            content=body.encode(),
+            headers=headers,
+            extensions={"sni_hostname": sni_hostname},
+        ) as response:
+            read = 0
+            for chunk in response.iter_raw():
+                read += len(chunk)
+                if read >= MAX_RESPONSE_BYTES:
+                    break
+            return response.status_code, _retry_after(response.headers.get("retry-after"), now=now)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from sqlalchemy import Select, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models.schema import Base, Event, EventCounter, Message, Tenant, utcnow
+from models.schema import Base, Event, EventCounter, Tenant, utcnow
 
 EVENT_TYPES: tuple[str, ...] = (
     "contact.created",
@@ -252,16 +252,28 @@ def record_contact_updated(
         )
 
 
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """A message a worker batch recorded, with what its `message.received` event tells."""
+
+    message_id: uuid.UUID
+    contact_id: uuid.UUID
+    channel: str
+    provider_message_id: str
+    received_at: datetime
+    body: str | None
+
+
 def record_ingestion_events(
     session: Session,
     *,
     tenant_id: uuid.UUID,
     created: Sequence[uuid.UUID],
     updated: Mapping[uuid.UUID, Sequence[str]],
-    handled: Sequence[tuple[uuid.UUID, uuid.UUID]],
+    received: Sequence[ReceivedMessage],
 ) -> None:
     """A worker batch's events in one insert: contacts made, contacts filled in, then each
-    message recorded (`handled` pairs a message id with its contact id)."""
+    message recorded. The batch passes what it already holds, so nothing is read back."""
     events = [NewEvent("contact.created", {"contactId": str(c)}) for c in created]
     for contact_id, fields in updated.items():
         if fields:
@@ -269,34 +281,20 @@ def record_ingestion_events(
             events.append(
                 NewEvent("contact.updated", {"contactId": str(contact_id), "changed": names})
             )
-    if handled:
-        include_body = bool(
-            session.scalar(select(Tenant.events_include_body).where(Tenant.id == tenant_id))
-        )
-        rows = {
-            row.id: row
-            for row in session.execute(
-                select(
-                    Message.id,
-                    Message.channel,
-                    Message.provider_message_id,
-                    Message.received_at,
-                    Message.body,
-                ).where(Message.tenant_id == tenant_id, Message.id.in_([m for m, _ in handled]))
-            )
+    include_body = bool(received) and bool(
+        session.scalar(select(Tenant.events_include_body).where(Tenant.id == tenant_id))
+    )
+    for message in received:
+        data: dict[str, Any] = {
+            "messageId": str(message.message_id),
+            "contactId": str(message.contact_id),
+            "channel": message.channel,
+            "providerMessageId": message.provider_message_id,
+            "receivedAt": _rfc3339(message.received_at),
         }
-        for message_id, contact_id in handled:
-            row = rows[message_id]
-            data: dict[str, Any] = {
-                "messageId": str(message_id),
-                "contactId": str(contact_id),
-                "channel": row.channel,
-                "providerMessageId": row.provider_message_id,
-                "receivedAt": row.received_at.isoformat(),
-            }
-            if include_body:
-                data["body"] = row.body
-            events.append(NewEvent("message.received", data))
+        if include_body:
+            data["body"] = message.body
+        events.append(NewEvent("message.received", data))
     record_events(session, tenant_id=tenant_id, events=events)
 
 

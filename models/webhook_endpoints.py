@@ -84,6 +84,7 @@ class DueDelivery:
     """A delivery to attempt now, with what the sender needs, read in one short transaction."""
 
     delivery_id: uuid.UUID
+    endpoint_id: uuid.UUID
     event: Event
     url: str
     secrets: tuple[str, ...]
@@ -393,32 +394,48 @@ def fan_out(session: Session, *, endpoint_id: uuid.UUID, limit: int = FAN_OUT_BA
     return len(new)
 
 
-def next_delivery(
-    session: Session, *, endpoint_id: uuid.UUID, now: datetime
-) -> DueDelivery | datetime | None:
-    """The endpoint's lowest-sequence pending delivery if it is due; else when it will be
-    (it holds back the later ones, so that they go in order); None when none is pending."""
+def due_deliveries(
+    session: Session, *, endpoint_id: uuid.UUID, now: datetime, limit: int = 50
+) -> list[DueDelivery] | datetime | None:
+    """The endpoint's pending deliveries from the lowest sequence on, while they are due.
+
+    When the lowest is not due yet, when it will be: it holds back the later ones, so that
+    they go in order. None when nothing is pending (or the endpoint is gone or disabled).
+    """
     endpoint = session.get(WebhookEndpoint, endpoint_id)
     if endpoint is None or not endpoint.enabled:
         return None
-    delivery = session.scalars(
-        deliveries_of(endpoint.tenant_id)
-        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.state == "pending")
+    rows = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.next_attempt_at, Event)
+        .join(Event, Event.id == WebhookDelivery.event_id)
+        .where(
+            WebhookDelivery.tenant_id == endpoint.tenant_id,
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.state == "pending",
+        )
         .order_by(WebhookDelivery.sequence)
-        .limit(1)
-    ).first()
-    if delivery is None:
+        .limit(limit)
+    ).all()
+    if not rows:
         return None
-    if delivery.next_attempt_at > now:
-        return delivery.next_attempt_at
-    event = session.get(Event, delivery.event_id)
-    assert event is not None  # deliveries go with their event (ON DELETE CASCADE)
-    return DueDelivery(
-        delivery_id=delivery.id,
-        event=event,
-        url=endpoint.url,
-        secrets=signing_secrets(endpoint, now=now),
-    )
+    first_due: datetime = rows[0].next_attempt_at
+    if first_due > now:
+        return first_due
+    keys = signing_secrets(endpoint, now=now)
+    due = []
+    for delivery_id, next_attempt_at, event in rows:
+        if next_attempt_at > now:
+            break
+        due.append(
+            DueDelivery(
+                delivery_id=delivery_id,
+                endpoint_id=endpoint_id,
+                event=event,
+                url=endpoint.url,
+                secrets=keys,
+            )
+        )
+    return due
 
 
 def record_attempt(

@@ -34,10 +34,10 @@ from models.schema import utcnow
 from models.webhook_endpoints import (
     AttemptResult,
     DueDelivery,
+    due_deliveries,
     endpoints_with_work,
     extend_lease,
     fan_out,
-    next_delivery,
     record_attempt,
     redeliver_by_id,
     take_lease,
@@ -202,41 +202,62 @@ def run_delivery_round(
         while time.monotonic() < deadline:
             with db.unit_of_work() as session:
                 result.fanned_out += fan_out(session, endpoint_id=endpoint_id)
-                due = next_delivery(session, endpoint_id=endpoint_id, now=utcnow())
-            if not isinstance(due, DueDelivery):
+                due = due_deliveries(session, endpoint_id=endpoint_id, now=utcnow())
+            if not isinstance(due, list):
                 result.wake_at = due
                 break
-            attempt = sender.send(due)
-            with db.unit_of_work() as session:
-                record_attempt(
-                    session,
-                    delivery_id=due.delivery_id,
-                    result=attempt,
-                    now=utcnow(),
-                    backoff_scale=backoff_scale,
-                )
-                extend_lease(session, endpoint_id=endpoint_id, until=utcnow() + LEASE)
-            log.info(
-                "webhook.attempt endpoint=%s outcome=%s",
-                endpoint_id,
-                attempt.outcome,
-                extra={
-                    "endpoint_id": str(endpoint_id),
-                    "delivery_id": str(due.delivery_id),
-                    "event_type": due.event.type,
-                    "outcome": attempt.outcome,
-                    "status_code": attempt.status_code,
-                    "latency_ms": attempt.latency_ms,
-                },
-            )
-            if not attempt.succeeded:
-                result.failed += 1
+            if not _send_in_order(
+                db, sender, due, result, backoff_scale=backoff_scale, deadline=deadline
+            ):
                 break
-            result.succeeded += 1
     finally:
         with db.unit_of_work() as session:
             extend_lease(session, endpoint_id=endpoint_id, until=None)
     return result
+
+
+def _send_in_order(
+    db: Database,
+    sender: WebhookSender,
+    due: list[DueDelivery],
+    result: RoundResult,
+    *,
+    backoff_scale: float,
+    deadline: float,
+) -> bool:
+    """Send `due` one after another, keeping each attempt and moving the lease on; False at
+    the first failure or when the round's time is up."""
+    for delivery in due:
+        if time.monotonic() >= deadline:
+            return False
+        attempt = sender.send(delivery)
+        with db.unit_of_work() as session:
+            record_attempt(
+                session,
+                delivery_id=delivery.delivery_id,
+                result=attempt,
+                now=utcnow(),
+                backoff_scale=backoff_scale,
+            )
+            extend_lease(session, endpoint_id=delivery.endpoint_id, until=utcnow() + LEASE)
+        log.info(
+            "webhook.attempt endpoint=%s outcome=%s",
+            delivery.endpoint_id,
+            attempt.outcome,
+            extra={
+                "endpoint_id": str(delivery.endpoint_id),
+                "delivery_id": str(delivery.delivery_id),
+                "event_type": delivery.event.type,
+                "outcome": attempt.outcome,
+                "status_code": attempt.status_code,
+                "latency_ms": attempt.latency_ms,
+            },
+        )
+        if not attempt.succeeded:
+            result.failed += 1
+            return False
+        result.succeeded += 1
+    return True
 
 
 def pump_once(db: Database, celery_app: Any) -> int:

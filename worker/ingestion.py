@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from channels.base import InboundMessage
 from models.db import Database
-from models.events import record_ingestion_events
+from models.events import ReceivedMessage, record_ingestion_events
 from models.identity import (
     InvalidIdentityError,
     digits_of,
@@ -180,6 +180,7 @@ class _Plan:
     repointed: list[dict[str, Any]] = field(default_factory=list)
     handled: list[dict[str, Any]] = field(default_factory=list)
     sender_of: dict[uuid.UUID, Sender] = field(default_factory=dict)
+    inbound: dict[uuid.UUID, InboundMessage] = field(default_factory=dict)  # for the events
 
 
 class _Index:
@@ -274,7 +275,8 @@ def _plan(
     plan = _Plan()
     for row in rows:
         try:
-            plan.sender_of[row.id] = Sender.of(InboundMessage.from_json(row.payload))
+            inbound = plan.inbound[row.id] = InboundMessage.from_json(row.payload)
+            plan.sender_of[row.id] = Sender.of(inbound)
         except Exception as exc:  # a payload we cannot read is this message's fault alone
             outcome.errors[row.id] = _describe(exc)
     index = _load_index(session, tenant_id=tenant_id, senders=plan.sender_of.values())
@@ -440,7 +442,22 @@ def _apply(session: Session, *, tenant_id: uuid.UUID, plan: _Plan, now: datetime
         tenant_id=tenant_id,
         created=[c.id for c in plan.new_contacts],
         updated={c.id: c.changed for c in plan.filled.values()},
-        handled=[(h["b_id"], h["b_contact"]) for h in plan.handled],
+        received=[
+            _received(plan.inbound[h["b_id"]], h["b_id"], h["b_contact"]) for h in plan.handled
+        ],
+    )
+
+
+def _received(
+    message: InboundMessage, message_id: uuid.UUID, contact_id: uuid.UUID
+) -> ReceivedMessage:
+    return ReceivedMessage(
+        message_id,
+        contact_id,
+        message.channel,
+        message.provider_message_id,
+        message.received_at,
+        message.text,
     )
 
 

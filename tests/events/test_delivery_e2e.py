@@ -181,3 +181,38 @@ def test_slow_receiver_is_timed_out_and_retried_by_the_worker(
         server.stop()
     first, second = server.receiver.received[:2]
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
+
+
+def test_a_slow_endpoint_does_not_hold_up_another_tenants_deliveries(
+    own_database: Database, processes: Processes
+) -> None:
+    """Tenant A's receiver takes 1.5 s an answer; tenant B's 10 events all arrive while A's
+    are still trickling in: rounds of different endpoints run on different threads."""
+    db = own_database
+    slow = ReceiverServer(Receiver(default=Answer(200, delay=1.5))).start()
+    fast = ReceiverServer(Receiver()).start()
+    try:
+        tenants = [make_tenant(db), make_tenant(db)]
+        with db.unit_of_work() as session:
+            create_endpoint(session, tenant_id=tenants[0].id, url=slow.url)
+            create_endpoint(session, tenant_id=tenants[1].id, url=fast.url)
+        for tenant in tenants:
+            for n in range(10):
+                with db.unit_of_work() as session:
+                    create_contact(
+                        session,
+                        tenant_id=tenant.id,
+                        region="US",
+                        name="Jo",
+                        email=f"jo{n}@example.com",
+                    )
+        processes.start("worker", "--deliveries", "--concurrency", "4")
+        wait_until(
+            lambda: len(fast.receiver.ids(status=200)) == 10,
+            timeout=30,
+            what="tenant B's 10 deliveries\n" + processes.logs(),
+        )
+        assert len(slow.receiver.ids()) < 10
+    finally:
+        slow.stop()
+        fast.stop()

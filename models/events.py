@@ -277,7 +277,7 @@ def record_ingestion_events(
     events = [NewEvent("contact.created", {"contactId": str(c)}) for c in created]
     for contact_id, fields in updated.items():
         if fields:
-            names = sorted(map(camel_name, fields))
+            names = sorted(set(map(camel_name, fields)))
             events.append(
                 NewEvent("contact.updated", {"contactId": str(contact_id), "changed": names})
             )

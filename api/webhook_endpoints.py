@@ -243,4 +243,5 @@ def redeliver(
     delivery = endpoints.redeliver(
         session, tenant_id=tenant.id, endpoint_id=_id(endpoint_id), delivery_id=wanted
     )
-    return DeliveryOut.of(delivery, [])
+    attempts = endpoints.attempts_of(session, tenant_id=tenant.id, delivery_id=delivery.id)
+    return DeliveryOut.of(delivery, attempts)

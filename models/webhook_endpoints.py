@@ -272,6 +272,19 @@ def redeliver(
     return delivery
 
 
+def attempts_of(
+    session: Session, *, tenant_id: uuid.UUID, delivery_id: uuid.UUID
+) -> list[WebhookAttempt]:
+    """A delivery's attempts, oldest first."""
+    return list(
+        session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.tenant_id == tenant_id, WebhookAttempt.delivery_id == delivery_id)
+            .order_by(WebhookAttempt.attempted_at, WebhookAttempt.id)
+        )
+    )
+
+
 def redeliver_by_id(
     session: Session, *, delivery_ids: Sequence[uuid.UUID], now: datetime | None = None
 ) -> list[WebhookDelivery]:

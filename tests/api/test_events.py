@@ -303,6 +303,7 @@ def test_deliveries_list_every_attempt_and_redeliver_resets(
     again = client.post(f"{base}/{item['id']}/redeliver", headers=tenant.auth)
     assert again.status_code == 202, again.text
     assert again.json()["state"] == "pending"
+    assert [a["statusCode"] for a in again.json()["attempts"]] == [500, 200]
     unknown = client.post(f"{base}/{uuid.uuid4()}/redeliver", headers=tenant.auth)
     assert unknown.status_code == 404
 

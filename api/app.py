@@ -10,7 +10,16 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api import contacts, health, metrics, ratelimit, webhooks, whatsapp_shared
+from api import (
+    contacts,
+    events,
+    health,
+    metrics,
+    ratelimit,
+    webhook_endpoints,
+    webhooks,
+    whatsapp_shared,
+)
 from api.body_limit import BodyLimitMiddleware
 from api.bounded import BoundedCalls
 from api.deadline import DeadlineMiddleware
@@ -60,6 +69,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.include_router(webhooks.build_router())
     app.include_router(whatsapp_shared.router)
     app.include_router(contacts.router)
+    app.include_router(events.router)
+    app.include_router(webhook_endpoints.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api.bounded import BoundedCalls, ProbeTimeoutError
 from models.db import Database
 from models.stats import PipelineStats, pipeline_stats
+from models.webhook_endpoints import delivery_stats
 from worker.spool import Spool
 
 # A scrape must answer even with the database stalled: the pipeline figures wait this long.
@@ -102,6 +103,34 @@ class _SpoolCollector(Collector):
         )
 
 
+class _DeliveryCollector(Collector):
+    """Outbound webhook attempts by outcome and deliveries by state, read at scrape time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with self.db.sessions() as session:
+                attempts, deliveries = delivery_stats(session)
+        except SQLAlchemyError:
+            return  # intake_database_up says why
+        by_outcome = CounterMetricFamily(
+            "intake_event_delivery_attempts",
+            "Outbound webhook requests by outcome",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(attempts.items()):
+            by_outcome.add_metric([outcome], count)
+        by_state = GaugeMetricFamily(
+            "intake_event_deliveries", "Outbound event deliveries by state", labels=["state"]
+        )
+        for state, count in sorted(deliveries.items()):
+            by_state.add_metric([state], count)
+        yield by_outcome
+        yield by_state
+
+
 class Metrics:
     """One registry per app, so that several apps in one process (tests) never share counts."""
 
@@ -150,6 +179,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_PipelineCollector(db, probes or BoundedCalls(threads=1)))
+        self.registry.register(_DeliveryCollector(db))
 
     def watch_spool(self, spool: Spool) -> None:
         """Serve the spool's depth and the age of its oldest entry."""

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import identities
+from models.events import record_contact_updated, record_event
 from models.identity import InvalidIdentityError, digits_of, normalize_email, normalize_phone
 from models.languages import is_language_code
 from models.schema import Contact, Message, utcnow
@@ -253,6 +254,9 @@ def create_contact(
     _write_guarding_duplicates(
         session, contact, tenant_id=tenant_id, write=lambda: _insert_held(session, contact)
     )
+    record_event(
+        session, tenant_id=tenant_id, type="contact.created", data={"contactId": str(contact.id)}
+    )
     return contact
 
 
@@ -322,6 +326,9 @@ def update_contact(
                 )
 
     _write_guarding_duplicates(session, contact, tenant_id=tenant_id, write=write)
+    record_contact_updated(
+        session, tenant_id=tenant_id, contact_id=contact.id, changed=list(changed)
+    )
     return contact
 
 
@@ -366,6 +373,9 @@ def delete_contact(
     contact.updated_at = now
     session.flush()
     identities.retire_identities(session, tenant_id=tenant_id, contact_id=contact.id, now=now)
+    record_event(
+        session, tenant_id=tenant_id, type="contact.deleted", data={"contactId": str(contact_id)}
+    )
 
 
 def list_contact_messages(

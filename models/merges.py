@@ -29,6 +29,7 @@ from models.contacts import (
     kept_contacts_of,
     resolve_contact,
 )
+from models.events import camel_name, record_event
 from models.schema import Contact, ContactIdentity, ContactMerge, Message, utcnow
 
 API_REASON = "api"
@@ -123,6 +124,18 @@ def merge_contacts(
     )
     session.add(record)
     session.flush()
+    record_event(
+        session,
+        tenant_id=tenant_id,
+        type="contact.merged",
+        data={
+            "contactId": str(survivor.id),
+            "mergedContactId": str(merged.id),
+            "mergeId": str(record.id),
+            "reason": record.reason,
+            "gained": sorted(map(camel_name, gained)),
+        },
+    )
     return record
 
 
@@ -223,6 +236,16 @@ def undo_merge(
     _sync_primaries(session, survivor)
     _sync_primaries(session, merged)
     session.flush()
+    record_event(
+        session,
+        tenant_id=tenant_id,
+        type="contact.unmerged",
+        data={
+            "contactId": str(survivor.id),
+            "restoredContactId": str(merged.id),
+            "mergeId": str(record.id),
+        },
+    )
     return merged
 
 

@@ -138,6 +138,7 @@ class _Contact:
     filled: bool = False
     renamed: bool = False
     language: str = "en"  # only written for a new contact
+    changed: set[str] = field(default_factory=set)  # fields a known contact gained, for events
 
 
 @dataclass
@@ -145,6 +146,8 @@ class ResolveOutcome:
     handled: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)  # message id -> contact
     contacts_created: int = 0
     merges: int = 0
+    created: list[uuid.UUID] = field(default_factory=list)
+    updated: dict[uuid.UUID, set[str]] = field(default_factory=dict)  # contact -> fields
 
 
 class _Index:
@@ -282,9 +285,11 @@ class _Plan:
         if kind == "phone" and contact.phone is None:
             contact.phone = value
             contact.filled = True
+            contact.changed.add("phone")
         elif kind == "email" and contact.email is None:
             contact.email = value
             contact.filled = True
+            contact.changed.add("email")
 
     def _fill(self, contact: _Contact, sender: Sender) -> None:
         """A known contact gains what it lacks. A name that only stands in for one (its own
@@ -293,9 +298,11 @@ class _Plan:
         if stand_in and sender.person_name:
             contact.name = sender.person_name
             contact.renamed = contact.filled = True
+            contact.changed.add("name")
         if contact.channel_preference is None:
             contact.channel_preference = sender.channel
             contact.filled = True
+            contact.changed.add("channel_preference")
         if contact.filled and not contact.is_new:
             self.filled[contact.id] = contact
 
@@ -307,9 +314,13 @@ class _Plan:
         record_handled(session, tenant_id=self.tenant_id, handled=self.handled, now=self.now)
         outcome.handled.update(self.handled)
         outcome.contacts_created += len(self.new_contacts)
+        outcome.created.extend(c.id for c in self.new_contacts)
+        for contact in self.filled.values():
+            outcome.updated.setdefault(contact.id, set()).update(contact.changed)
         # Written: the contacts the index keeps are plain known contacts for the next plan.
         for contact in (*self.new_contacts, *self.filled.values()):
             contact.is_new = contact.filled = contact.renamed = False
+            contact.changed.clear()
 
 
 def create_contacts(

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -68,6 +70,8 @@ class Tenant(Base):
     secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Secrets replaced with an overlap: {name: {"value": …, "expires_at": ISO 8601}}.
     previous_secrets: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # `events_include_body=1`: message.received events carry the message text.
+    events_include_body: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -306,3 +310,104 @@ class UnroutedWhatsAppChange(Base):
         Index("uq_unrouted_whatsapp_changes_key", "change_key", unique=True),
         Index("ix_unrouted_whatsapp_changes_received", "received_at"),
     )
+
+
+class Event(Base):
+    """A change as the tenant's feed and webhooks tell it, written in the change's transaction."""
+
+    __tablename__ = "events"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("uq_events_tenant_sequence", "tenant_id", "sequence", unique=True),
+        Index("ix_events_created", "created_at"),
+    )
+
+
+class EventCounter(Base):
+    """A tenant's last event sequence; its row lock orders the tenant's event writers."""
+
+    __tablename__ = "event_counters"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The highest sequence that retention removed: a cursor below it has expired.
+    pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WebhookEndpoint(Base):
+    """A tenant's URL that receives its events, signed per Standard Webhooks."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: every type
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Kept as given, like channel secrets: signing needs the secret itself.
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Events up to this sequence have their deliveries made (the fan-out's cursor).
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    # One delivery round at a time per endpoint keeps its deliveries in sequence order.
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    disabled_reason: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_webhook_endpoints_tenant", "tenant_id", "created_at"),)
+
+
+class WebhookDelivery(Base):
+    """One event owed to one endpoint: pending until an attempt succeeds or retries run out."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        Index("uq_webhook_deliveries_event", "endpoint_id", "event_id", unique=True),
+        Index("ix_webhook_deliveries_queue", "endpoint_id", "state", "sequence"),
+        Index("ix_webhook_deliveries_event", "event_id"),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP request of a delivery: its status (or error) and latency."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(20))
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "attempted_at"),)

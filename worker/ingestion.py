@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from channels.base import InboundMessage
 from models.db import Database
+from models.events import ReceivedMessage, record_ingestion_events
 from models.resolver import Sender, resolve_messages
 from models.schema import Base, utcnow
 from worker.locks import LockLostError, TenantLocks
@@ -71,17 +72,42 @@ def _resolve(
     outcome: BatchOutcome,
     now: datetime,
 ) -> None:
-    senders = []
+    senders, inbound = [], {}
     for row in rows:
         try:
-            senders.append((row.id, sender_of(InboundMessage.from_json(row.payload))))
+            inbound[row.id] = InboundMessage.from_json(row.payload)
+            senders.append((row.id, sender_of(inbound[row.id])))
         except Exception as exc:  # a payload we cannot read is this message's fault alone
             outcome.errors[row.id] = _describe(exc)
     with session.begin_nested():
         resolved = resolve_messages(session, tenant_id=tenant_id, senders=senders, now=now)
+        # In the batch's savepoint: the events go or stay with the writes they tell of.
+        record_ingestion_events(
+            session,
+            tenant_id=tenant_id,
+            created=resolved.created,
+            updated=resolved.updated,
+            received=[
+                _received(inbound[message_id], message_id, contact_id)
+                for message_id, contact_id in resolved.handled.items()
+            ],
+        )
     outcome.handled += len(resolved.handled)
     outcome.contacts_created += resolved.contacts_created
     outcome.merges += resolved.merges
+
+
+def _received(
+    message: InboundMessage, message_id: uuid.UUID, contact_id: uuid.UUID
+) -> ReceivedMessage:
+    return ReceivedMessage(
+        message_id,
+        contact_id,
+        message.channel,
+        message.provider_message_id,
+        message.received_at,
+        message.text,
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -10,7 +10,16 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api import contacts, health, metrics, ratelimit, webhooks, whatsapp_shared
+from api import (
+    contacts,
+    events,
+    health,
+    metrics,
+    ratelimit,
+    webhook_endpoints,
+    webhooks,
+    whatsapp_shared,
+)
 from api.body_limit import BodyLimitMiddleware
 from api.bounded import BoundedCalls
 from api.deadline import DeadlineMiddleware
@@ -21,6 +30,7 @@ from models.db import Database
 from worker.accept_batcher import AcceptBatcher
 from worker.celery_app import make_celery
 from worker.dispatch import Dispatcher
+from worker.locks import make_locks
 from worker.spool import Spool
 
 API_VERSION = "1.0.0"
@@ -49,6 +59,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.accept_batcher = AcceptBatcher(app.state.db, app.state.dispatcher)
     app.state.spool = Spool(settings.spool_dir, app.state.db, app.state.accept_batcher.waker)
     app.state.metrics.watch_spool(app.state.spool)
+    app.state.tenant_locks = make_locks(settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(DeadlineMiddleware)
@@ -57,6 +68,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.include_router(webhooks.build_router())
     app.include_router(whatsapp_shared.router)
     app.include_router(contacts.router)
+    app.include_router(events.router)
+    app.include_router(webhook_endpoints.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
@@ -17,10 +17,15 @@ from api.schemas import (
     ContactListQuery,
     ContactOut,
     ContactUpdate,
+    IdentityList,
+    IdentityOut,
+    MergeList,
+    MergeOut,
+    MergeRequest,
     MessageList,
     PageQuery,
 )
-from models import contacts
+from models import contacts, identities, merges
 from models.idempotency import (
     MAX_KEY_LENGTH,
     StoredResponse,
@@ -28,6 +33,7 @@ from models.idempotency import (
     run_idempotently,
 )
 from models.schema import Tenant
+from worker.locks import TenantLocks
 
 router = APIRouter(
     prefix="/api/v1/contacts",
@@ -52,6 +58,16 @@ CREATED_HEADERS = {
         "description": "Present when this is the replay of an earlier request's response",
     },
 }
+
+
+def _tenant_locks(request: Request) -> TenantLocks:
+    locks: TenantLocks = request.app.state.tenant_locks
+    return locks
+
+
+# The per-tenant lock the drains hold: a merge or undo through the API never interleaves with
+# a batch of that tenant's ingestion.
+TenantLocksDep = Annotated[TenantLocks, Depends(_tenant_locks)]
 
 
 def _contact_id(raw: str) -> uuid.UUID:
@@ -160,6 +176,81 @@ def list_contact_messages(
         **query.model_dump(mode="json"),
     )
     return MessageList.of(result)
+
+
+@router.post(
+    "/{contact_id}/merge",
+    response_model=ContactOut,
+    responses=problem_responses(400, 401, 404, 503),
+)
+def merge_contact(
+    contact_id: str,
+    payload: MergeRequest,
+    db: DatabaseDep,
+    tenant: TenantDep,
+    locks: TenantLocksDep,
+) -> ContactOut:
+    """Merge `contactId` into this contact, which survives with both's identities and messages."""
+    path_id = _contact_id(contact_id)
+    with locks.hold(tenant.id), db.unit_of_work() as session:
+        survivor = contacts.resolve_contact(session, tenant_id=tenant.id, contact_id=path_id)
+        other = contacts.resolve_contact(
+            session, tenant_id=tenant.id, contact_id=payload.contact_id
+        )
+        merges.merge_contacts(
+            session,
+            tenant_id=tenant.id,
+            survivor_id=survivor.id,
+            merged_id=other.id,
+            reason=merges.API_REASON,
+        )
+        return ContactOut.of(survivor)
+
+
+@router.get(
+    "/{contact_id}/identities",
+    response_model=IdentityList,
+    responses=problem_responses(401, 404),
+)
+def list_contact_identities(
+    contact_id: str, session: SessionDep, tenant: TenantDep
+) -> IdentityList:
+    """The ways this contact is known: phones, emails and channel ids."""
+    contact = contacts.get_contact(session, tenant_id=tenant.id, contact_id=_contact_id(contact_id))
+    found = identities.list_identities(session, tenant_id=tenant.id, contact_id=contact.id)
+    return IdentityList(data=[IdentityOut.of(i) for i in found])
+
+
+@router.get(
+    "/{contact_id}/merges",
+    response_model=MergeList,
+    responses=problem_responses(401, 404),
+)
+def list_contact_merges(contact_id: str, session: SessionDep, tenant: TenantDep) -> MergeList:
+    """The contacts merged into this one, newest first, undone ones included."""
+    found = merges.list_merges(session, tenant_id=tenant.id, contact_id=_contact_id(contact_id))
+    return MergeList(data=[MergeOut.of(m) for m in found])
+
+
+@router.post(
+    "/{contact_id}/merges/{merge_id}/undo",
+    response_model=ContactOut,
+    responses=problem_responses(401, 404, 409, 503),
+)
+def undo_contact_merge(
+    contact_id: str, merge_id: str, db: DatabaseDep, tenant: TenantDep, locks: TenantLocksDep
+) -> ContactOut:
+    """Bring the merged contact back with what it had; answers with the restored contact."""
+    path_id = _contact_id(contact_id)
+    try:
+        wanted = uuid.UUID(merge_id)
+    except ValueError:
+        raise merges.MergeNotFoundError(merge_id) from None
+    with locks.hold(tenant.id), db.unit_of_work() as session:
+        restored = merges.undo_merge(
+            session, tenant_id=tenant.id, contact_id=path_id, merge_id=wanted
+        )
+        return ContactOut.of(restored)
 
 
 def _create(session: Session, tenant: Tenant, fields: dict[str, Any]) -> StoredResponse:

@@ -27,11 +27,16 @@ from models.contacts import (
     ContactValidationError,
     DuplicateContactError,
 )
+from models.events import InvalidEventCursorError, UnknownEventTypeError
 from models.idempotency import (
     IdempotencyError,
     IdempotencyKeyInFlightError,
     IdempotencyKeyReusedError,
 )
+from models.merges import MergeNotFoundError, SameContactError, UndoConflictError
+from models.webhook_endpoints import DeliveryNotFoundError, WebhookEndpointNotFoundError
+from worker.locks import LockWaitTimeoutError
+from worker.ssrf import UnsafeWebhookUrlError
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "tag:intake,2026:problems/"  # RFC 9457 §3.1.1: an identifier, not a page to fetch
@@ -82,9 +87,11 @@ def problem_response(
 RESPONSE_DESCRIPTIONS = {
     400: "Invalid query, body or header; `errors` names each bad field",
     401: "Missing or wrong API key",
-    404: "No such contact for this tenant (also a deleted contact or a malformed id)",
+    404: "No such contact (or endpoint, or delivery) for this tenant (also a deleted one or a "
+    "malformed id)",
     409: "Conflict: a duplicate phone or email (`existingContactId`), "
-    "or the Idempotency-Key is in use by a request in progress",
+    "the Idempotency-Key is in use by a request in progress, "
+    "or a merge that can no longer be undone (`detail` says why)",
     422: "The Idempotency-Key was used with a different body",
     500: "Unexpected error",
     503: "A dependency does not answer",
@@ -118,6 +125,25 @@ def problem_for(exc: Exception) -> Problem | None:
     """The HTTP answer for a domain error; None for anything unexpected."""
     if isinstance(exc, ContactNotFoundError):
         return Problem(404, "No such contact.", slug="contact-not-found")
+    if isinstance(exc, MergeNotFoundError):
+        return Problem(404, "No such merge of this contact.", slug="merge-not-found")
+    if isinstance(exc, SameContactError):
+        return Problem(
+            400,
+            "A contact cannot be merged into itself.",
+            errors=[{"field": "contactId", "message": "is the contact itself"}],
+            slug="invalid-request",
+        )
+    if isinstance(exc, UndoConflictError):
+        return Problem(409, f"The merge cannot be undone: {exc}.", slug="undo-conflict")
+    if isinstance(exc, LockWaitTimeoutError):
+        # Ingestion held the tenant's lock for longer than we wait: retry shortly.
+        return Problem(
+            503,
+            "The contact is busy; retry shortly.",
+            slug="unavailable",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, DuplicateContactError):
         field_name = to_camel(exc.field)
         if exc.existing_id is None:
@@ -149,6 +175,37 @@ def problem_for(exc: Exception) -> Problem | None:
             errors=[{"field": "Idempotency-Key", "message": "already used for another body"}],
             slug="idempotency-key-reused",
         )
+    if isinstance(exc, InvalidEventCursorError):
+        return Problem(
+            400,
+            str(exc)[0].upper() + str(exc)[1:] + ".",
+            errors=[{"field": "after", "message": "is unknown or has expired"}],
+            slug="invalid-cursor",
+            extra={
+                "oldestCursor": exc.oldest_cursor,
+                "oldestSequence": exc.oldest_sequence,
+                "oldestCreatedAt": exc.oldest_at.isoformat() if exc.oldest_at else None,
+                "retentionDays": exc.retention_days,
+            },
+        )
+    if isinstance(exc, UnknownEventTypeError):
+        return Problem(
+            400,
+            f"Unknown event type {exc.event_type!r}.",
+            errors=[{"field": "type", "message": str(exc)}],
+            slug="invalid-request",
+        )
+    if isinstance(exc, UnsafeWebhookUrlError):
+        return Problem(
+            400,
+            f"The URL is refused: {exc}.",
+            errors=[{"field": "url", "message": str(exc)}],
+            slug="unsafe-webhook-url",
+        )
+    if isinstance(exc, WebhookEndpointNotFoundError):
+        return Problem(404, "No such webhook endpoint.", slug="webhook-endpoint-not-found")
+    if isinstance(exc, DeliveryNotFoundError):
+        return Problem(404, "No such delivery for this endpoint.", slug="delivery-not-found")
     if isinstance(exc, OperationalError | InterfaceError):
         # The database is down or unreachable: the client did nothing wrong and may retry.
         return Problem(
@@ -164,6 +221,15 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(ContactError, _on_domain_error)
     app.add_exception_handler(IdempotencyError, _on_domain_error)
+    for error in (
+        LockWaitTimeoutError,
+        InvalidEventCursorError,
+        UnknownEventTypeError,
+        UnsafeWebhookUrlError,
+        WebhookEndpointNotFoundError,
+        DeliveryNotFoundError,
+    ):
+        app.add_exception_handler(error, _on_domain_error)
     app.add_exception_handler(OperationalError, _on_domain_error)
     app.add_exception_handler(InterfaceError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

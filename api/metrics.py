@@ -1,8 +1,8 @@
 """Prometheus metrics: webhook counters of this process, pipeline figures from the database.
 
 Webhook traffic is counted where it happens. What the workers do (ingested, failed, contacts
-created, queue depth and age) is read from the database at scrape time, so it is right however
-many worker processes there are and whichever app process is scraped.
+created and merged, queue depth and age) is read from the database at scrape time, so it is
+right however many worker processes there are and whichever app process is scraped.
 """
 
 from __future__ import annotations
@@ -62,6 +62,14 @@ class _PipelineCollector(Collector):
         )
         for source, count in sorted(stats.contacts_by_source.items()):
             created.add_metric([source], count)
+        merged = CounterMetricFamily(
+            "intake_contacts_merged",
+            "Contacts merged into another, by an attested link or through the API",
+            labels=["how"],
+        )
+        for how, count in sorted(stats.merges_by_how.items()):
+            merged.add_metric([how], count)
+        yield merged
         yield messages
         yield ingested
         yield failed
@@ -79,6 +87,20 @@ class _PipelineCollector(Collector):
             "Shared-route WhatsApp changes waiting for a tenant to register their number",
             value=stats.unrouted_changes,
         )
+        by_outcome = CounterMetricFamily(
+            "intake_event_delivery_attempts",
+            "Outbound webhook requests by outcome",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(stats.delivery_attempts.items()):
+            by_outcome.add_metric([outcome], count)
+        yield by_outcome
+        by_state = GaugeMetricFamily(
+            "intake_event_deliveries", "Outbound event deliveries by state", labels=["state"]
+        )
+        for state, count in sorted(stats.deliveries.items()):
+            by_state.add_metric([state], count)
+        yield by_state
 
 
 class _SpoolCollector(Collector):

@@ -16,7 +16,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from models.contacts import Channel, ContactRole, ContactStatus, Page
 from models.languages import ISO_639_1
-from models.schema import Contact, Message
+from models.schema import Contact, ContactIdentity, ContactMerge, Message
 
 
 def _rfc3339(value: datetime) -> str:
@@ -203,6 +203,50 @@ class MessageList(Paginated[MessageOut]):
     @classmethod
     def of(cls, page: Page[Message]) -> MessageList:
         return cls.model_validate(paginated(page, [MessageOut.of(m) for m in page.items]))
+
+
+class MergeRequest(ApiModel):
+    contact_id: uuid.UUID = Field(
+        description="The contact merged into the path's contact, which survives"
+    )
+
+
+class IdentityOut(OutModel):
+    kind: str = Field(
+        description="phone, email, whatsapp (wa_id), whatsapp_bsuid or telegram (user id)"
+    )
+    value: str
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, identity: ContactIdentity) -> IdentityOut:
+        return cls.model_validate(identity)
+
+
+class IdentityList(OutModel):
+    data: list[IdentityOut]
+
+
+class MergeOut(OutModel):
+    id: uuid.UUID
+    merged_contact_id: uuid.UUID
+    reason: str = Field(examples=["api", "attested: telegram shared phone"])
+    created_at: Timestamp
+    undone_at: Timestamp | None
+
+    @classmethod
+    def of(cls, merge: ContactMerge) -> MergeOut:
+        return cls(
+            id=merge.id,
+            merged_contact_id=merge.merged_id,
+            reason=merge.reason,
+            created_at=merge.created_at,
+            undone_at=merge.undone_at,
+        )
+
+
+class MergeList(OutModel):
+    data: list[MergeOut]
 
 
 class FieldError(BaseModel):

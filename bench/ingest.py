@@ -4,9 +4,12 @@ Scenarios: 20,000 messages accepted first, then two `intake worker` processes (s
 started, timed from both being ready to the last message handled:
   (a) 1,000 tenants x 20 messages (10 senders each, two messages apiece)
   (b) 1 tenant x 20,000 messages (10,000 senders)
-References: the same contact upserts as single-row INSERT ... ON CONFLICT from two
-connections; a no-op Celery task (it INCRs a counter so completion shows) drained by two
-worker processes with the same settings. Peak RSS is each worker's VmHWM.
+  (c) 1,000 tenants x 20 messages where 10% carry an attested link: per tenant 16 SMS from 8
+      numbers, 2 Telegram users writing alone, then each of them writing with a phone: one
+      shares an SMS sender's number (a merge), the other a number no one has (an added phone)
+References: identity upserts as single-row INSERT ... ON CONFLICT from two connections; a
+no-op Celery task (it INCRs a counter so completion shows) drained by two worker processes with
+the same settings. Peak RSS is each worker's VmHWM.
 
     python bench/ingest.py [--pg-dsn "host=127.0.0.1 user=postgres"] [--redis redis://127.0.0.1:6379/14]
 """
@@ -55,6 +58,29 @@ def message(tenant_n: int, sender_n: int, k: int) -> InboundMessage:
         phone=phone,
         text=f"message {k} about the flat",
     )
+
+
+def telegram(tenant_n: int, user: int, phone: str | None = None) -> InboundMessage:
+    return InboundMessage(
+        channel="telegram",
+        provider_message_id=f"tg{uuid.uuid4().hex}",
+        received_at=datetime.now(UTC),
+        sender_id=f"{tenant_n:04d}{user:02d}",
+        phone=phone,
+        display_name=f"T {tenant_n}/{user}",
+        text="is it still available?",
+    )
+
+
+def linked_messages(tenant_n: int) -> list[InboundMessage]:
+    """20 messages of one tenant, the last two attesting a Telegram id with a phone."""
+    messages = [message(tenant_n, s, k) for s in range(8) for k in range(2)]
+    messages += [telegram(tenant_n, 8), telegram(tenant_n, 9)]
+    messages += [
+        telegram(tenant_n, 8, phone=message(tenant_n, 0, 0).phone),
+        telegram(tenant_n, 9, phone=message(tenant_n, 9, 0).phone),
+    ]
+    return messages
 
 
 def make_tenants(db: Database, count: int) -> list[uuid.UUID]:
@@ -153,33 +179,45 @@ def run_scenario(
     return rate, rss
 
 
-def _upserts(dsn: str, tenant_ids: list[str], part: int, parts: int) -> None:
+def _upserts(dsn: str, owners: list[tuple[str, str]], part: int, parts: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for n in range(part, TOTAL, parts):
-            tenant = tenant_ids[n % len(tenant_ids)]
+            tenant, contact = owners[n % len(owners)]
             phone = f"+1415{n % 1000:03d}{(n // 1000) % 10:04d}"
             conn.execute(
-                "INSERT INTO contacts (id, tenant_id, name, phone, status, role, source, "
-                "channel_preference, language, created_at, updated_at) "
-                "VALUES (%s, %s, %s, %s, 'prospect', 'prospect', 'sms', 'sms', 'en', now(), now()) "
-                "ON CONFLICT (tenant_id, phone) WHERE deleted_at IS NULL "
-                "DO UPDATE SET updated_at = excluded.updated_at",
-                (uuid.uuid4(), tenant, phone, phone),
+                "INSERT INTO contact_identities (id, tenant_id, contact_id, kind, value, "
+                "created_at) VALUES (%s, %s, %s, 'phone', %s, now()) "
+                "ON CONFLICT (tenant_id, kind, value) WHERE retired_at IS NULL "
+                "DO UPDATE SET created_at = excluded.created_at",
+                (uuid.uuid4(), tenant, contact, phone),
             )
 
 
+def _owners(dsn: str, tenant_ids: list[uuid.UUID]) -> list[tuple[str, str]]:
+    """One contact a tenant, to hang the reference's identities on."""
+    owners = [(str(t), str(uuid.uuid4())) for t in tenant_ids]
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO contacts (id, tenant_id, name, status, role, source, language, "
+            "created_at, updated_at) VALUES (%s, %s, 'ref', 'prospect', 'prospect', 'sms', 'en', "
+            "now(), now())",
+            [(contact, tenant) for tenant, contact in owners],
+        )
+    return owners
+
+
 def reference_upserts(db: Database, dsn: str) -> float:
-    tenant_ids = [str(t) for t in make_tenants(db, 1000)]
-    workers = [
-        multiprocessing.Process(target=_upserts, args=(dsn, tenant_ids, p, 2)) for p in range(2)
-    ]
+    owners = _owners(dsn, make_tenants(db, 1000))
+    workers = [multiprocessing.Process(target=_upserts, args=(dsn, owners, p, 2)) for p in range(2)]
     started = time.perf_counter()
     for proc in workers:
         proc.start()
     for proc in workers:
         proc.join()
     rate = TOTAL / (time.perf_counter() - started)
-    print(f"reference, single-row INSERT ... ON CONFLICT, 2 connections: {rate:,.0f} rows/s")
+    print(
+        f"reference, single-row identity INSERT ... ON CONFLICT, 2 connections: {rate:,.0f} rows/s"
+    )
     return rate
 
 
@@ -284,15 +322,20 @@ def main() -> None:
         rate_b, rss_b = run_scenario(
             "(b) 1 tenant x 20,000", db, settings, env, dsn, plan_b, logdir
         )
+        linked = make_tenants(db, 1000)
+        plan_c = [(t, linked_messages(n)) for n, t in enumerate(linked)]
+        rate_c, rss_c = run_scenario(
+            "(c) 1,000 tenants x 20, 10% attested links", db, settings, env, dsn, plan_c, logdir
+        )
         upserts = reference_upserts(db, dsn)
         noop = reference_noop(settings, env, logdir)
         print()
-        for label, rate in (("(a)", rate_a), ("(b)", rate_b)):
+        for label, rate in (("(a)", rate_a), ("(b)", rate_b), ("(c)", rate_c)):
             print(
                 f"{label} {rate:,.0f}/s = {rate / upserts:.2f} x single-row upserts, "
                 f"{rate / noop:.2f} x no-op Celery tasks"
             )
-        print(f"worker peak RSS: {max(rss_a, rss_b):.0f} MiB")
+        print(f"worker peak RSS: {max(rss_a, rss_b, rss_c):.0f} MiB")
         db.dispose()
     finally:
         with psycopg.connect(args.pg_dsn + " dbname=postgres", autocommit=True) as admin:

@@ -68,7 +68,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
         raise CommandError(
             f"--concurrency takes a whole number of 1 or more, not {args.concurrency}"
         )
-    run_worker(settings, concurrency=args.concurrency)
+    run_worker(settings, concurrency=args.concurrency, deliveries=args.deliveries)
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
@@ -276,6 +276,23 @@ def cmd_events_unrouted(settings: Settings, args: argparse.Namespace) -> None:
         print(row.line())
 
 
+def cmd_events_redeliver(settings: Settings, args: argparse.Namespace) -> None:
+    ids = []
+    for text in args.ids:
+        try:
+            ids.append(uuid.UUID(text))
+        except ValueError:
+            raise CommandError(f"not a delivery id: {text!r}") from None
+    from models.webhook_endpoints import DeliveryNotFoundError
+    from worker.deliveries import redeliver
+
+    try:
+        count = redeliver(Database(settings.database_url), delivery_ids=ids)
+    except DeliveryNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"queued {count} delivery(ies) to be sent again")
+
+
 def _redacted(url: str) -> str:
     """A URL fit for a log line: any password replaced."""
     from sqlalchemy.engine import make_url
@@ -315,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--port", type=int, default=8000)
     worker = add("worker", cmd_worker, "a Celery worker that ingests queued messages")
     worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument(
+        "--deliveries", action="store_true", help="send outbound webhooks instead of ingesting"
+    )
     add("demo", cmd_demo, "run the whole pipeline on bundled sample webhooks")
 
     tenant = commands.add_parser("tenant", help="create and configure tenants")
@@ -365,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
         event_commands,
     )
     unrouted.add_argument("--json", action="store_true")
+    redeliver = add(
+        "redeliver", cmd_events_redeliver, "send outbound event deliveries again", event_commands
+    )
+    redeliver.add_argument("ids", nargs="+", metavar="DELIVERY_ID")
     return parser
 
 

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     # Webhooks have no limit: verified provider traffic is never refused for load.
     rate_limit_api_per_minute: int = Field(default=600, ge=0)
 
+    # Outbound events: how long the feed keeps them, and how webhooks are delivered.
+    events_retention_days: float = Field(default=30.0, gt=0)
+    events_allow_private: bool = False  # 1: webhooks may reach loopback and private addresses
+    delivery_timeout_seconds: float = Field(default=10.0, gt=0)
+    delivery_poll_seconds: float = Field(default=1.0, gt=0)
+    delivery_backoff_scale: float = Field(default=1.0, gt=0)  # <1 shortens retries, for tests
+
     log_json: bool = False
 
     # The operator's own Meta app, for the shared route `/webhooks/whatsapp` that serves every

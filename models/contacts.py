@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -19,6 +19,8 @@ from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models import identities
+from models.events import record_contact_updated, record_event
 from models.identity import InvalidIdentityError, digits_of, normalize_email, normalize_phone
 from models.languages import is_language_code
 from models.schema import Contact, Message, utcnow
@@ -116,9 +118,45 @@ class Page(Generic[T]):
         return math.ceil(self.total / self.limit)
 
 
+# How many merges a chain of merged-away ids may take to reach its survivor: more is a cycle.
+MAX_MERGE_HOPS = 50
+
+
 def contacts_of(tenant_id: uuid.UUID) -> Select[Contact]:
-    """The tenant's live contacts: the statement every contact query starts from."""
+    """The tenant's live contacts (not deleted, not merged): where every contact query starts."""
+    return select(Contact).where(
+        Contact.tenant_id == tenant_id,
+        Contact.deleted_at.is_(None),
+        Contact.merged_into_id.is_(None),
+    )
+
+
+def kept_contacts_of(tenant_id: uuid.UUID) -> Select[Contact]:
+    """The tenant's contacts that are not deleted, merged ones included."""
     return select(Contact).where(Contact.tenant_id == tenant_id, Contact.deleted_at.is_(None))
+
+
+def resolve_contact(
+    session: Session, *, tenant_id: uuid.UUID, contact_id: uuid.UUID, for_update: bool = False
+) -> Contact:
+    """The live contact `contact_id` names: itself, or the survivor it was merged into."""
+    current = contact_id
+    for _ in range(MAX_MERGE_HOPS):
+        statement = kept_contacts_of(tenant_id).where(Contact.id == current)
+        contact = session.scalars(statement).one_or_none()
+        if contact is None:
+            break
+        if contact.merged_into_id is None:
+            if for_update:
+                locked = contacts_of(tenant_id).where(Contact.id == current).with_for_update()
+                contact = session.scalars(
+                    locked.execution_options(populate_existing=True)
+                ).one_or_none()
+                if contact is None:  # merged or deleted between the two reads
+                    break
+            return contact
+        current = contact.merged_into_id
+    raise ContactNotFoundError(contact_id)
 
 
 def messages_of(tenant_id: uuid.UUID) -> Select[Message]:
@@ -162,10 +200,8 @@ def list_contacts(
 
 
 def get_contact(session: Session, *, tenant_id: uuid.UUID, contact_id: uuid.UUID) -> Contact:
-    contact = session.scalars(contacts_of(tenant_id).where(Contact.id == contact_id)).one_or_none()
-    if contact is None:
-        raise ContactNotFoundError(contact_id)
-    return contact
+    """The live contact the id names (a merged-away id names its survivor)."""
+    return resolve_contact(session, tenant_id=tenant_id, contact_id=contact_id)
 
 
 def create_contact(
@@ -215,8 +251,30 @@ def create_contact(
         applied_at=applied_at,
         **values,
     )
-    _flush_guarding_duplicates(session, contact, tenant_id=tenant_id)
+    _write_guarding_duplicates(
+        session, contact, tenant_id=tenant_id, write=lambda: _insert_held(session, contact)
+    )
+    record_event(
+        session, tenant_id=tenant_id, type="contact.created", data={"contactId": str(contact.id)}
+    )
     return contact
+
+
+def _insert_held(session: Session, contact: Contact) -> None:
+    """A new contact and the identities its primary phone and email are."""
+    session.add(contact)
+    session.flush()  # the contact first: its identities refer to it
+    for kind in identities.PRIMARY_KINDS:
+        value = getattr(contact, kind)
+        if value:
+            identities.add_identity(
+                session,
+                tenant_id=contact.tenant_id,
+                contact_id=contact.id,
+                kind=kind,
+                value=value,
+                now=contact.created_at,
+            )
 
 
 def update_contact(
@@ -236,11 +294,7 @@ def update_contact(
     if unknown:
         raise ContactValidationError([FieldProblem(f, "cannot be changed") for f in unknown])
     values = _validated(dict(changes), region=region)
-    contact = session.scalars(
-        contacts_of(tenant_id).where(Contact.id == contact_id).with_for_update()
-    ).one_or_none()
-    if contact is None:
-        raise ContactNotFoundError(contact_id)
+    contact = resolve_contact(session, tenant_id=tenant_id, contact_id=contact_id, for_update=True)
     merged = {field: getattr(contact, field) for field in UPDATABLE_FIELDS} | values
     if contact.email or contact.phone:
         # A change may not take away the last way to reach the contact. A contact that never
@@ -256,27 +310,72 @@ def update_contact(
     now = now or utcnow()
     if "status" in changed:
         contact.applied_at = now if changed["status"] == "applicant" else None
+    previous = {kind: getattr(contact, kind) for kind in identities.PRIMARY_KINDS}
     for field, value in changed.items():
         setattr(contact, field, value)
     # Bumped even for a no-op PATCH: the client asked for a write and saw it succeed.
     contact.updated_at = max(now, contact.updated_at)
-    _flush_guarding_duplicates(session, contact, tenant_id=tenant_id)
+
+    def write() -> None:
+        session.add(contact)
+        session.flush()
+        for kind in identities.PRIMARY_KINDS:
+            if kind in changed:
+                _replace_primary(
+                    session, contact, kind=kind, old=previous[kind], new=changed[kind], now=now
+                )
+
+    _write_guarding_duplicates(session, contact, tenant_id=tenant_id, write=write)
+    record_contact_updated(
+        session, tenant_id=tenant_id, contact_id=contact.id, changed=list(changed)
+    )
     return contact
+
+
+def _replace_primary(
+    session: Session,
+    contact: Contact,
+    *,
+    kind: str,
+    old: str | None,
+    new: str | None,
+    now: datetime,
+) -> None:
+    """A changed primary phone or email: the old one is retired (it no longer reaches this
+    person), the new one becomes an identity unless the contact already holds it."""
+    if old:
+        identities.retire_identities(
+            session, tenant_id=contact.tenant_id, contact_id=contact.id, keys=[(kind, old)], now=now
+        )
+    if not new:
+        return
+    held = identities.holders(session, tenant_id=contact.tenant_id, keys=[(kind, new)])
+    if held.get((kind, new)) != contact.id:
+        identities.add_identity(
+            session,
+            tenant_id=contact.tenant_id,
+            contact_id=contact.id,
+            kind=kind,
+            value=new,
+            now=now,
+        )
+        session.flush()
 
 
 def delete_contact(
     session: Session, *, tenant_id: uuid.UUID, contact_id: uuid.UUID, now: datetime | None = None
 ) -> None:
-    """Soft delete: the row stays for the audit trail, its phone and email become free."""
-    contact = session.scalars(
-        contacts_of(tenant_id).where(Contact.id == contact_id).with_for_update()
-    ).one_or_none()
-    if contact is None:
-        raise ContactNotFoundError(contact_id)
+    """Soft delete: the row stays for the audit trail; its identities are retired, so a later
+    message from the same phone or email makes a new contact."""
+    contact = resolve_contact(session, tenant_id=tenant_id, contact_id=contact_id, for_update=True)
     now = now or utcnow()
     contact.deleted_at = now
     contact.updated_at = now
     session.flush()
+    identities.retire_identities(session, tenant_id=tenant_id, contact_id=contact.id, now=now)
+    record_event(
+        session, tenant_id=tenant_id, type="contact.deleted", data={"contactId": str(contact_id)}
+    )
 
 
 def list_contact_messages(
@@ -290,10 +389,10 @@ def list_contact_messages(
 ) -> Page[Message]:
     """The contact's recorded (handled) messages, newest first."""
     _check_page(page, limit)
-    get_contact(session, tenant_id=tenant_id, contact_id=contact_id)
+    contact = resolve_contact(session, tenant_id=tenant_id, contact_id=contact_id)
     statement = (
         messages_of(tenant_id)
-        .where(Message.contact_id == contact_id, Message.state == "handled")
+        .where(Message.contact_id == contact.id, Message.state == "handled")
         .order_by(Message.received_at.desc(), Message.id.desc())
     )
     return _paginate(session, statement, page=page, limit=min(limit, max_limit))
@@ -426,35 +525,30 @@ def _refuse_duplicates(
     values: Mapping[str, Any],
     exclude_id: uuid.UUID | None = None,
 ) -> None:
-    for field in ("phone", "email"):
-        value = values.get(field)
-        if value is None:
-            continue
-        statement = contacts_of(tenant_id).where(getattr(Contact, field) == value)
-        if exclude_id is not None:
-            statement = statement.where(Contact.id != exclude_id)
-        existing = session.scalars(statement.limit(1)).first()
-        if existing is not None:
-            raise DuplicateContactError(field=field, existing_id=existing.id)
+    """A phone or email that another live contact holds, as its primary or any identity: 409."""
+    keys = [(kind, values[kind]) for kind in identities.PRIMARY_KINDS if values.get(kind)]
+    held = identities.holders(session, tenant_id=tenant_id, keys=keys)
+    for key in keys:
+        holder = held.get(key)
+        if holder is not None and holder != exclude_id:
+            raise DuplicateContactError(field=key[0], existing_id=holder)
 
 
-def _flush_guarding_duplicates(session: Session, contact: Contact, *, tenant_id: uuid.UUID) -> None:
-    """Flush in a savepoint: a concurrent writer that took the phone or email first is a 409."""
-    # Read before the flush: a rolled-back savepoint expires what was written in it.
-    contact_id, identity = contact.id, {"phone": contact.phone, "email": contact.email}
+def _write_guarding_duplicates(
+    session: Session, contact: Contact, *, tenant_id: uuid.UUID, write: Callable[[], None]
+) -> None:
+    """Write in a savepoint: a concurrent writer that took the phone or email first is a 409."""
+    # Read before the write: a rolled-back savepoint expires what was written in it.
+    contact_id = contact.id
+    keys = [(kind, v) for kind in identities.PRIMARY_KINDS if (v := getattr(contact, kind))]
     try:
         with session.begin_nested():
-            session.add(contact)
-            session.flush()
+            write()
     except IntegrityError:
         # The winner has committed by now (the unique index made us wait for it), so it is visible.
-        for field, value in identity.items():
-            if value is None:
-                continue
-            statement = contacts_of(tenant_id).where(
-                getattr(Contact, field) == value, Contact.id != contact_id
-            )
-            existing = session.scalars(statement.limit(1)).first()
-            if existing is not None:
-                raise DuplicateContactError(field=field, existing_id=existing.id) from None
+        held = identities.holders(session, tenant_id=tenant_id, keys=keys)
+        for key in keys:
+            holder = held.get(key)
+            if holder is not None and holder != contact_id:
+                raise DuplicateContactError(field=key[0], existing_id=holder) from None
         raise

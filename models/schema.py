@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -54,6 +56,7 @@ class Base(DeclarativeBase):
 
 LIVE = text("deleted_at IS NULL")
 PENDING = text("state = 'pending'")
+ACTIVE = text("retired_at IS NULL")
 
 
 class Tenant(Base):
@@ -67,6 +70,8 @@ class Tenant(Base):
     secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Secrets replaced with an overlap: {name: {"value": …, "expires_at": ISO 8601}}.
     previous_secrets: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # `events_include_body=1`: message.received events carry the message text.
+    events_include_body: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -102,25 +107,15 @@ class Contact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A merged contact is kept, out of every list, pointing at the contact that absorbed it.
+    merged_into_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("contacts.id"), default=None
+    )
+    merged_at: Mapped[datetime | None] = mapped_column(default=None)
 
+    # Phone and email uniqueness lives on contact_identities: the primary phone and email are
+    # identities too, and that table's unique index is the one judge.
     __table_args__ = (
-        # The database itself refuses two live contacts of a tenant with one phone or one email.
-        Index(
-            "uq_contacts_tenant_phone_live",
-            "tenant_id",
-            "phone",
-            unique=True,
-            postgresql_where=LIVE,
-            sqlite_where=LIVE,
-        ),
-        Index(
-            "uq_contacts_tenant_email_live",
-            "tenant_id",
-            "email",
-            unique=True,
-            postgresql_where=LIVE,
-            sqlite_where=LIVE,
-        ),
         Index(
             "ix_contacts_tenant_created",
             "tenant_id",
@@ -157,19 +152,61 @@ class Contact(Base):
 
 
 class ContactIdentity(Base):
-    """A channel's own id for a sender (a Telegram user id, a WhatsApp id) and the contact it is."""
+    """One way a person is known (`phone`, `email`, `whatsapp`, `whatsapp_bsuid`, `telegram`).
+
+    An active identity (not retired) names one contact; retiring it keeps the contact's history
+    while freeing the value, which is what a soft delete and a changed number do.
+    """
 
     __tablename__ = "contact_identities"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
     contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"), index=True)
-    channel: Mapped[str] = mapped_column(String(20))
-    sender_id: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))
+    value: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(default=None)
 
     __table_args__ = (
-        Index("uq_contact_identities_sender", "tenant_id", "channel", "sender_id", unique=True),
+        # The database refuses one identity on two contacts of a tenant: the judge of every race.
+        Index(
+            "uq_contact_identities_active",
+            "tenant_id",
+            "kind",
+            "value",
+            unique=True,
+            postgresql_where=ACTIVE,
+            sqlite_where=ACTIVE,
+        ),
+    )
+
+
+class ContactMerge(Base):
+    """One contact absorbed by another: why, what moved, and what the survivor kept or gained.
+
+    `identity_ids` and `message_ids` are what moved, so an undo can move exactly those back;
+    `kept` holds the merged contact's values that the survivor overrode, `gained` the
+    survivor's fields it took from the merged contact (field -> value taken).
+    """
+
+    __tablename__ = "contact_merges"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    survivor_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"))
+    merged_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"))
+    reason: Mapped[str] = mapped_column(String(200))
+    identity_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    message_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    kept: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    gained: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        Index("ix_contact_merges_survivor", "tenant_id", "survivor_id", "created_at"),
+        Index("ix_contact_merges_merged", "tenant_id", "merged_id"),
     )
 
 
@@ -273,3 +310,104 @@ class UnroutedWhatsAppChange(Base):
         Index("uq_unrouted_whatsapp_changes_key", "change_key", unique=True),
         Index("ix_unrouted_whatsapp_changes_received", "received_at"),
     )
+
+
+class Event(Base):
+    """A change as the tenant's feed and webhooks tell it, written in the change's transaction."""
+
+    __tablename__ = "events"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("uq_events_tenant_sequence", "tenant_id", "sequence", unique=True),
+        Index("ix_events_created", "created_at"),
+    )
+
+
+class EventCounter(Base):
+    """A tenant's last event sequence; its row lock orders the tenant's event writers."""
+
+    __tablename__ = "event_counters"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The highest sequence that retention removed: a cursor below it has expired.
+    pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WebhookEndpoint(Base):
+    """A tenant's URL that receives its events, signed per Standard Webhooks."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: every type
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Kept as given, like channel secrets: signing needs the secret itself.
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Events up to this sequence have their deliveries made (the fan-out's cursor).
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    # One delivery round at a time per endpoint keeps its deliveries in sequence order.
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    disabled_reason: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_webhook_endpoints_tenant", "tenant_id", "created_at"),)
+
+
+class WebhookDelivery(Base):
+    """One event owed to one endpoint: pending until an attempt succeeds or retries run out."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        Index("uq_webhook_deliveries_event", "endpoint_id", "event_id", unique=True),
+        Index("ix_webhook_deliveries_queue", "endpoint_id", "state", "sequence"),
+        Index("ix_webhook_deliveries_event", "event_id"),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP request of a delivery: its status (or error) and latency."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(20))
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "attempted_at"),)

@@ -126,7 +126,8 @@ def configure_tenant(
     keep_previous: timedelta | None = None,
     now: datetime | None = None,
 ) -> Tenant:
-    """Set channel secrets (and `region`, `max_page_size`); unknown keys are refused whole.
+    """Set channel secrets (and `region`, `max_page_size`, `events_include_body`); unknown keys
+    are refused whole.
 
     With `keep_previous`, each secret replaced stays valid that long beside the new one.
     """
@@ -160,9 +161,21 @@ def configure_tenant(
             set_phone_number_ids(
                 session, tenant_id=tenant.id, phone_number_ids=parse_phone_number_ids(value)
             )
+        elif key == "events_include_body":
+            if value not in ("0", "1"):
+                raise InvalidTenantSettingError("events_include_body takes 1 (on) or 0 (off)")
+            tenant.events_include_body = value == "1"
         else:
             known = ", ".join(
-                sorted([*CHANNEL_SECRETS, "region", "max_page_size", PHONE_NUMBER_ID_KEY])
+                sorted(
+                    [
+                        *CHANNEL_SECRETS,
+                        "region",
+                        "max_page_size",
+                        "events_include_body",
+                        PHONE_NUMBER_ID_KEY,
+                    ]
+                )
             )
             raise InvalidTenantSettingError(f"unknown key {key!r}; known keys: {known}")
     tenant.secrets = new_secrets

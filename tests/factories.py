@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.db import Database
+from models.identities import PRIMARY_KINDS, add_identity
 from models.schema import Contact
 from models.tenants import configure_tenant, create_tenant
 
@@ -36,5 +37,17 @@ def make_contact(db: Database, tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID
     with db.unit_of_work() as session:
         contact = Contact(tenant_id=tenant_id, **fields)
         session.add(contact)
+        session.flush()
+        # Its primary phone and email are identities, as create_contact makes them.
+        for kind in PRIMARY_KINDS:
+            if fields.get(kind):
+                add_identity(
+                    session,
+                    tenant_id=tenant_id,
+                    contact_id=contact.id,
+                    kind=kind,
+                    value=fields[kind],
+                    now=contact.created_at,
+                )
         session.flush()
         return contact.id

@@ -42,13 +42,20 @@ def config() -> dict[str, Any]:
 
 
 def test_compose_has_every_role(config: dict[str, Any]) -> None:
-    """PostgreSQL, Redis, the migration, the app and the workers are all there."""
-    assert set(config["services"]) == {"postgres", "redis", "migrate", "app", "worker"}
+    """PostgreSQL, Redis, the migration, the app, the workers and the delivery worker."""
+    assert set(config["services"]) == {
+        "postgres",
+        "redis",
+        "migrate",
+        "app",
+        "worker",
+        "deliveries",
+    }
 
 
 def test_app_and_workers_wait_for_migration_and_redis(config: dict[str, Any]) -> None:
     """Nothing serves before the schema is migrated and Redis is healthy."""
-    for name in ("app", "worker"):
+    for name in ("app", "worker", "deliveries"):
         depends = config["services"][name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"

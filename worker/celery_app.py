@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 
 from intake.settings import Settings
+from worker.deliveries import DELIVER_TASK, DELIVERY_QUEUE
 from worker.tasks import register
 
 QUEUE = "intake"
@@ -55,6 +56,8 @@ def make_celery(settings: Settings) -> Any:
         result_serializer="json",
         task_ignore_result=True,
         task_default_queue=QUEUE,
+        # Deliveries wait on other people's servers: their own queue and workers.
+        task_routes={DELIVER_TASK: {"queue": DELIVERY_QUEUE}},
         # Ack after the drain committed; a worker that dies mid-task gets its task redelivered.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -12,6 +12,7 @@ from typing import Any
 
 from intake.settings import Settings
 from models.db import Database
+from worker.deliveries import WebhookSender
 from worker.dispatch import Dispatcher
 from worker.locks import TenantLocks, make_locks
 
@@ -34,6 +35,13 @@ class WorkerContext:
     @cached_property
     def dispatcher(self) -> Dispatcher:
         return Dispatcher(self.settings, self.app)
+
+    @cached_property
+    def webhook_sender(self) -> WebhookSender:
+        return WebhookSender(
+            timeout_seconds=self.settings.delivery_timeout_seconds,
+            allow_private=self.settings.events_allow_private,
+        )
 
 
 def context_of(celery_app: Any) -> WorkerContext:

@@ -1,11 +1,11 @@
-"""The ingestion service: a tenant's pending messages resolved to contacts and marked handled.
+"""The drain: a tenant's pending messages, under its lock, resolved in batches and marked handled.
 
-A batch is resolved in memory from three lookups (identities, then live contacts by phone or
-email) and written with a handful of executemany statements, inside a savepoint. Should that
-fail (a unique index refused a row another writer took first, or one message is poison), the
-batch is redone one message at a time, each in its own savepoint, so that only the faulty
-message is charged an attempt. The unique indexes, not the tenant lock, are what finally
-keep one tenant from holding two live contacts with the same phone, email or sender id.
+Who each sender is, and what a message's attested identities link or merge, is
+models.resolver's. A batch is resolved inside a savepoint; should that fail (a unique index
+refused a row another writer took first, or one message is poison), the batch is redone one
+message at a time, each in its own savepoint, so that only the faulty message is charged an
+attempt. The unique indexes, not the tenant lock, are what finally keep one tenant from holding
+two live contacts with one identity.
 
 `ingest_batch` never commits; `drain_tenant` owns the lock and one transaction per batch.
 """
@@ -20,26 +20,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, String, Table, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Row, Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from channels.base import InboundMessage
 from models.db import Database
-from models.identity import (
-    InvalidIdentityError,
-    digits_of,
-    normalize_email,
-    normalize_phone,
-    phone_variants,
-)
+from models.events import ReceivedMessage, record_ingestion_events
+from models.resolver import Sender, resolve_messages
 from models.schema import Base, utcnow
 from worker.locks import LockLostError, TenantLocks
 
 log = logging.getLogger(__name__)
 
-CONTACTS: Table = Base.metadata.tables["contacts"]
-IDENTITIES: Table = Base.metadata.tables["contact_identities"]
 MESSAGES: Table = Base.metadata.tables["messages"]
 
 # How often one message is re-read and redone after a unique index refused it: a race with one
@@ -48,387 +41,73 @@ RACE_RETRIES = 3
 MAX_ERROR_LENGTH = 500
 
 
-class UnidentifiableSenderError(ValueError):
-    """A message with no sender id, phone or email: there is no one to make a contact of."""
-
-
-@dataclass(frozen=True)
-class Sender:
-    """Who wrote a message, in the forms contacts are stored and matched in."""
-
-    channel: str
-    sender_id: str | None
-    phone: str | None
-    phones: tuple[str, ...]  # the phone and, on WhatsApp, its known national variants
-    email: str | None
-    name: str
-    display_name: str | None  # what the person calls themselves, if the channel says
-    language: str
-
-    @classmethod
-    def of(cls, message: InboundMessage) -> Sender:
-        phone, phones = _phones(message.phone, whatsapp=message.channel == "whatsapp")
-        email = _email(message.email)
-        if not (message.sender_id or phone or email):
-            raise UnidentifiableSenderError("message has no sender id, phone or email")
-        return cls(
-            channel=message.channel,
-            sender_id=message.sender_id or None,
-            phone=phone,
-            phones=phones,
-            email=email,
-            name=_name(message, phone, email),
-            display_name=(message.display_name or "").strip()[:300] or None,
-            language=_language(message.language),
-        )
-
-
-def _phones(raw: str | None, *, whatsapp: bool) -> tuple[str | None, tuple[str, ...]]:
-    """The phone to store and every spelling to match it by.
-
-    Adapters give E.164; a number without its `+` is read as international. On WhatsApp the
-    national variants match too, and when the id itself is no longer a possible number
-    (Mexico's `+521…`), its current form is the one stored.
-    """
-    if not raw:
-        return None, ()
-    try:
-        phone: str | None = normalize_phone(raw, international=True)
-    except InvalidIdentityError:
-        phone = None
-    if not whatsapp:
-        return phone, (phone,) if phone else ()
-    digits = digits_of(raw)
-    spelled = phone or ("+" + digits if 8 <= len(digits) <= 15 else None)
-    if spelled is None:
-        return None, ()
-    forms = (spelled, *phone_variants(spelled))
-    if phone is None:
-        for variant in forms[1:]:
-            try:
-                phone = normalize_phone(variant)
-                break
-            except InvalidIdentityError:
-                continue
-    return phone, forms
-
-
-def _email(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    try:
-        return normalize_email(raw)
-    except InvalidIdentityError:
-        return None
-
-
-def _name(message: InboundMessage, phone: str | None, email: str | None) -> str:
-    for candidate in (message.display_name, phone, email):
-        if candidate and candidate.strip():
-            return candidate.strip()[:300]
-    if message.username:
-        return "@" + message.username.lstrip("@")[:299]
-    return f"{message.channel} {message.sender_id}"[:300]
-
-
-def _language(code: str | None) -> str:
-    # Telegram sends IETF tags ("pt-br"); contacts keep the ISO 639-1 part.
-    if code:
-        primary = code.strip().lower().split("-")[0].split("_")[0]
-        if len(primary) == 2 and primary.isalpha():
-            return primary
-    return "en"
-
-
-@dataclass
-class _Contact:
-    id: uuid.UUID
-    name: str
-    phone: str | None
-    email: str | None
-    channel_preference: str | None
-    is_new: bool = False
-    filled: bool = False
-    renamed: bool = False
-    language: str = "en"  # only written for a new contact
-
-
-@dataclass
-class _Identity:
-    id: uuid.UUID
-    contact_id: uuid.UUID
+def sender_of(message: InboundMessage) -> Sender:
+    """The resolver's view of who wrote `message`: its attested identities, in order."""
+    return Sender.of(
+        channel=message.channel,
+        identities=[(i.kind, i.value) for i in message.identities()],
+        retired=[(i.kind, i.value) for i in message.retired],
+        display_name=message.display_name,
+        username=message.username,
+        language=message.language,
+        system=message.system,
+    )
 
 
 @dataclass
 class BatchOutcome:
     handled: int = 0
     contacts_created: int = 0
+    merges: int = 0
     errors: dict[uuid.UUID, str] = field(default_factory=dict)  # message id -> error
     failed: list[uuid.UUID] = field(default_factory=list)  # errors that used the last attempt
     max_attempts_used: int = 0
 
 
-@dataclass
-class _Plan:
-    """The writes one group of messages needs, decided in memory."""
-
-    new_contacts: list[_Contact] = field(default_factory=list)
-    filled: dict[uuid.UUID, _Contact] = field(default_factory=dict)
-    new_identities: list[dict[str, Any]] = field(default_factory=list)
-    repointed: list[dict[str, Any]] = field(default_factory=list)
-    handled: list[dict[str, Any]] = field(default_factory=list)
-    sender_of: dict[uuid.UUID, Sender] = field(default_factory=dict)
-
-
-class _Index:
-    """The tenant's live contacts and identities that a group of messages can match."""
-
-    def __init__(self) -> None:
-        self.by_id: dict[uuid.UUID, _Contact] = {}
-        self.by_phone: dict[str, _Contact] = {}
-        self.by_email: dict[str, _Contact] = {}
-        self.identities: dict[tuple[str, str], _Identity] = {}
-
-    def add(self, contact: _Contact) -> None:
-        self.by_id[contact.id] = contact
-        if contact.phone:
-            self.by_phone.setdefault(contact.phone, contact)
-        if contact.email:
-            self.by_email.setdefault(contact.email, contact)
-
-    def match(self, sender: Sender) -> tuple[_Contact | None, _Identity | None]:
-        """Sender id first, then phone (with its variants), then email; live contacts only."""
-        identity = None
-        if sender.sender_id:
-            identity = self.identities.get((sender.channel, sender.sender_id))
-            if identity is not None and identity.contact_id in self.by_id:
-                return self.by_id[identity.contact_id], identity
-        for phone in sender.phones:
-            if phone in self.by_phone:
-                return self.by_phone[phone], identity
-        if sender.email and sender.email in self.by_email:
-            return self.by_email[sender.email], identity
-        return None, identity
-
-
-def _load_index(session: Session, *, tenant_id: uuid.UUID, senders: Iterable[Sender]) -> _Index:
-    senders = list(senders)
-    index = _Index()
-    sender_ids = {s.sender_id for s in senders if s.sender_id}
-    identity_contacts: set[uuid.UUID] = set()
-    if sender_ids:
-        channels = {s.channel for s in senders if s.sender_id}
-        for row in session.execute(
-            select(
-                IDENTITIES.c.id,
-                IDENTITIES.c.channel,
-                IDENTITIES.c.sender_id,
-                IDENTITIES.c.contact_id,
-            ).where(
-                IDENTITIES.c.tenant_id == tenant_id,
-                IDENTITIES.c.sender_id.in_(sender_ids),
-                IDENTITIES.c.channel.in_(channels),
-            )
-        ):
-            index.identities[(row.channel, row.sender_id)] = _Identity(row.id, row.contact_id)
-            identity_contacts.add(row.contact_id)
-    phones = {p for s in senders for p in s.phones}
-    emails = {s.email for s in senders if s.email}
-    matches = []
-    if identity_contacts:
-        matches.append(CONTACTS.c.id.in_(identity_contacts))
-    if phones:
-        matches.append(CONTACTS.c.phone.in_(phones))
-    if emails:
-        matches.append(CONTACTS.c.email.in_(emails))
-    if matches:
-        for found in session.execute(
-            select(
-                CONTACTS.c.id,
-                CONTACTS.c.name,
-                CONTACTS.c.phone,
-                CONTACTS.c.email,
-                CONTACTS.c.channel_preference,
-            )
-            .where(
-                CONTACTS.c.tenant_id == tenant_id, CONTACTS.c.deleted_at.is_(None), or_(*matches)
-            )
-            .order_by(CONTACTS.c.created_at)
-        ):
-            index.add(
-                _Contact(found.id, found.name, found.phone, found.email, found.channel_preference)
-            )
-    return index
-
-
-def _plan(
+def _resolve(
     session: Session,
     *,
     tenant_id: uuid.UUID,
     rows: Sequence[Row[Any]],
     outcome: BatchOutcome,
     now: datetime,
-) -> _Plan:
-    plan = _Plan()
+) -> None:
+    senders, inbound = [], {}
     for row in rows:
         try:
-            plan.sender_of[row.id] = Sender.of(InboundMessage.from_json(row.payload))
+            inbound[row.id] = InboundMessage.from_json(row.payload)
+            senders.append((row.id, sender_of(inbound[row.id])))
         except Exception as exc:  # a payload we cannot read is this message's fault alone
             outcome.errors[row.id] = _describe(exc)
-    index = _load_index(session, tenant_id=tenant_id, senders=plan.sender_of.values())
-    for row in rows:
-        sender = plan.sender_of.get(row.id)
-        if sender is None:
-            continue
-        contact, identity = index.match(sender)
-        if contact is None:
-            contact = _Contact(
-                uuid.uuid4(),
-                sender.name,
-                sender.phone,
-                sender.email,
-                sender.channel,
-                is_new=True,
-                language=sender.language,
-            )
-            index.add(contact)
-            plan.new_contacts.append(contact)
-        else:
-            _fill(contact, sender, index)
-            if contact.filled and not contact.is_new:
-                plan.filled[contact.id] = contact
-        if sender.sender_id:
-            key = (sender.channel, sender.sender_id)
-            if identity is None:
-                identity = _Identity(uuid.uuid4(), contact.id)
-                index.identities[key] = identity
-                plan.new_identities.append(
-                    {
-                        "id": identity.id,
-                        "tenant_id": tenant_id,
-                        "contact_id": contact.id,
-                        "channel": sender.channel,
-                        "sender_id": sender.sender_id,
-                        "created_at": now,
-                    }
-                )
-            elif identity.contact_id != contact.id:
-                # Its contact was deleted: the sender id now names the contact made since.
-                identity.contact_id = contact.id
-                plan.repointed.append({"b_id": identity.id, "b_contact": contact.id})
-        plan.handled.append({"b_id": row.id, "b_contact": contact.id, "b_now": now})
-    return plan
-
-
-def _fill(contact: _Contact, sender: Sender, index: _Index) -> None:
-    """Give a known contact what it lacks, never what another live contact already holds.
-
-    A name that only stands in for one (the contact's own phone or email, given when the first
-    message carried no name) is lacking too, so a later display name replaces it.
-    """
-    stand_in = not contact.name.strip() or contact.name in (contact.phone, contact.email)
-    if stand_in and (sender.display_name or not contact.name.strip()):
-        contact.name = sender.display_name or sender.name
-        contact.renamed = contact.filled = True
-    if not contact.phone and sender.phone and sender.phone not in index.by_phone:
-        contact.phone = sender.phone
-        index.by_phone[sender.phone] = contact
-        contact.filled = True
-    if not contact.email and sender.email and sender.email not in index.by_email:
-        contact.email = sender.email
-        index.by_email[sender.email] = contact
-        contact.filled = True
-    if contact.channel_preference is None:
-        contact.channel_preference = sender.channel
-        contact.filled = True
-
-
-def _apply(session: Session, *, tenant_id: uuid.UUID, plan: _Plan, now: datetime) -> None:
-    if plan.new_contacts:
-        session.execute(
-            insert(CONTACTS),
-            [
-                {
-                    "id": c.id,
-                    "tenant_id": tenant_id,
-                    "name": c.name,
-                    "phone": c.phone,
-                    "email": c.email,
-                    "status": "prospect",
-                    "role": "prospect",
-                    "channel_preference": c.channel_preference,
-                    "source": c.channel_preference,
-                    "language": c.language,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for c in plan.new_contacts
+    with session.begin_nested():
+        resolved = resolve_messages(session, tenant_id=tenant_id, senders=senders, now=now)
+        # In the batch's savepoint: the events go or stay with the writes they tell of.
+        record_ingestion_events(
+            session,
+            tenant_id=tenant_id,
+            created=resolved.created,
+            updated=resolved.updated,
+            received=[
+                _received(inbound[message_id], message_id, contact_id)
+                for message_id, contact_id in resolved.handled.items()
             ],
         )
-    if plan.filled:
-        # COALESCE and the stand-in test re-check at write time: a value someone else set
-        # since we read the contact is kept, not overwritten.
-        session.execute(
-            update(CONTACTS)
-            .where(
-                CONTACTS.c.id == bindparam("b_id"),
-                CONTACTS.c.tenant_id == tenant_id,
-                CONTACTS.c.deleted_at.is_(None),
-            )
-            .values(
-                phone=func.coalesce(CONTACTS.c.phone, bindparam("b_phone")),
-                email=func.coalesce(CONTACTS.c.email, bindparam("b_email")),
-                channel_preference=func.coalesce(
-                    CONTACTS.c.channel_preference, bindparam("b_pref")
-                ),
-                name=case(
-                    (
-                        bindparam("b_name", type_=String).is_not(None)
-                        & (
-                            (func.trim(CONTACTS.c.name) == "")
-                            | (CONTACTS.c.name == CONTACTS.c.phone)
-                            | (CONTACTS.c.name == CONTACTS.c.email)
-                        ),
-                        bindparam("b_name", type_=String),
-                    ),
-                    else_=CONTACTS.c.name,
-                ),
-                updated_at=bindparam("b_now"),
-            ),
-            [
-                {
-                    "b_id": c.id,
-                    "b_phone": c.phone,
-                    "b_email": c.email,
-                    "b_pref": c.channel_preference,
-                    "b_name": c.name if c.renamed else None,
-                    "b_now": now,
-                }
-                for c in plan.filled.values()
-            ],
-        )
-    if plan.new_identities:
-        session.execute(insert(IDENTITIES), plan.new_identities)
-    if plan.repointed:
-        session.execute(
-            update(IDENTITIES)
-            .where(IDENTITIES.c.id == bindparam("b_id"), IDENTITIES.c.tenant_id == tenant_id)
-            .values(contact_id=bindparam("b_contact")),
-            plan.repointed,
-        )
-    if plan.handled:
-        session.execute(
-            update(MESSAGES)
-            .where(
-                MESSAGES.c.id == bindparam("b_id"),
-                MESSAGES.c.tenant_id == tenant_id,
-                MESSAGES.c.state == "pending",
-            )
-            .values(
-                contact_id=bindparam("b_contact"), state="handled", handled_at=bindparam("b_now")
-            ),
-            plan.handled,
-        )
+    outcome.handled += len(resolved.handled)
+    outcome.contacts_created += resolved.contacts_created
+    outcome.merges += resolved.merges
+
+
+def _received(
+    message: InboundMessage, message_id: uuid.UUID, contact_id: uuid.UUID
+) -> ReceivedMessage:
+    return ReceivedMessage(
+        message_id,
+        contact_id,
+        message.channel,
+        message.provider_message_id,
+        message.received_at,
+        message.text,
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -473,11 +152,7 @@ def ingest_batch(
         return outcome
     now = utcnow()
     try:
-        with session.begin_nested():
-            plan = _plan(session, tenant_id=tenant_id, rows=rows, outcome=outcome, now=now)
-            _apply(session, tenant_id=tenant_id, plan=plan, now=now)
-        outcome.handled = len(plan.handled)
-        outcome.contacts_created = len(plan.new_contacts)
+        _resolve(session, tenant_id=tenant_id, rows=rows, outcome=outcome, now=now)
     except Exception as exc:  # redone row by row below, so only the faulty row is charged
         log.info(
             "ingest.batch_conflict",
@@ -498,11 +173,9 @@ def _ingest_one(
     for attempt in range(1, RACE_RETRIES + 1):
         single = BatchOutcome()
         try:
-            with session.begin_nested():
-                plan = _plan(session, tenant_id=tenant_id, rows=[row], outcome=single, now=now)
-                _apply(session, tenant_id=tenant_id, plan=plan, now=now)
+            _resolve(session, tenant_id=tenant_id, rows=[row], outcome=single, now=now)
         except IntegrityError as exc:
-            # Another writer took this phone, email or sender id first: re-read and redo.
+            # Another writer took one of this sender's identities first: re-read and redo.
             if attempt == RACE_RETRIES:
                 outcome.errors[row.id] = _describe(exc)
             continue
@@ -510,8 +183,9 @@ def _ingest_one(
             outcome.errors[row.id] = _describe(exc)
             return
         outcome.errors.update(single.errors)
-        outcome.handled += len(plan.handled)
-        outcome.contacts_created += len(plan.new_contacts)
+        outcome.handled += single.handled
+        outcome.contacts_created += single.contacts_created
+        outcome.merges += single.merges
         return
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from channels import mailgun
 from intake.settings import Settings
 from models.db import Database
+from models.events import prune_tenant_events, tenants_with_events_before
 from models.idempotency import purge_expired_idempotency_keys
 from models.nonces import prune_webhook_nonces
 from models.schema import Message, utcnow
@@ -84,6 +85,24 @@ def prune_expired(db: Database, *, now: datetime | None = None) -> Pruned:
             },
         )
     return pruned
+
+
+def prune_expired_events(db: Database, *, retention_days: float) -> int:
+    """Remove events (and their deliveries) older than the feed keeps; one transaction per
+    tenant, so the tenant's counter row is locked only briefly. Returns how many went."""
+    before = utcnow() - timedelta(days=retention_days)
+    with db.sessions() as session:
+        tenant_ids = tenants_with_events_before(session, before=before)
+    removed = 0
+    for tenant_id in tenant_ids:
+        with db.unit_of_work() as session:
+            removed += prune_tenant_events(session, tenant_id=tenant_id, before=before)
+    if removed:
+        log.info(
+            "events.pruned",
+            extra={"tenants": len(tenant_ids), "events": removed},
+        )
+    return removed
 
 
 class ReconcileTimer:

@@ -17,10 +17,11 @@ import redis
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker.context import WorkerContext, context_of
+from worker.deliveries import DELIVER_TASK, run_delivery_round
 from worker.dispatch import INGEST_TASK, RECONCILE_TASK
 from worker.ingestion import DrainResult, drain_tenant
 from worker.locks import LockWaitTimeoutError
-from worker.reconciler import prune_expired, reconcile
+from worker.reconciler import prune_expired, prune_expired_events, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def register(app: Any) -> None:
 
     def reconcile_task(self: Any) -> int:
         context = context_of(self.app)
+        prune_expired_events(context.db, retention_days=context.settings.events_retention_days)
         woken = reconcile(
             context.db,
             context.dispatcher,
@@ -99,6 +101,19 @@ def register(app: Any) -> None:
         prune_expired(context.db)
         return woken
 
+    def deliver_endpoint(self: Any, endpoint_id: str) -> int:
+        context = context_of(self.app)
+        result = run_delivery_round(
+            context.db,
+            context.webhook_sender,
+            endpoint_id=uuid.UUID(endpoint_id),
+            backoff_scale=context.settings.delivery_backoff_scale,
+        )
+        return result.succeeded
+
     # Not shared: each app (one per settings) keeps its own tasks and finds its own context.
     app.task(name=INGEST_TASK, bind=True, shared=False, **RETRY_OPTIONS)(ingest_tenant)
     app.task(name=RECONCILE_TASK, bind=True, shared=False, **RETRY_OPTIONS)(reconcile_task)
+    # No autoretry: a round that failed gives its lease up (or it expires) and the pump
+    # starts another.
+    app.task(name=DELIVER_TASK, bind=True, shared=False)(deliver_endpoint)

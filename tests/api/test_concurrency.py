@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from models.db import Database
-from models.schema import Contact
+from models.schema import Contact, ContactIdentity
 from tests.api.conftest import CONTACTS, unique_phone
 from tests.factories import TenantFixture
 
@@ -84,3 +85,38 @@ def test_ten_simultaneous_creates_with_one_idempotency_key(
     assert after.status_code == 201
     assert after.headers["idempotent-replayed"] == "true"
     assert after.json() == originals[0].json()
+
+
+def test_simultaneous_patches_giving_one_email_to_many_contacts(
+    live_server: str, db: Database, tenant: TenantFixture
+) -> None:
+    """10 contacts PATCHed to one email at once: one 200, nine 409s naming the winner, no 5xx."""
+    email = f"shared-{uuid.uuid4().hex[:8]}@example.com"
+    ids = []
+    with httpx.Client(base_url=live_server, headers=tenant.auth, timeout=30) as client:
+        for n in range(10):
+            created = client.post(CONTACTS, json={"name": f"P{n}", "phone": unique_phone()})
+            assert created.status_code == 201, created.text
+            ids.append(created.json()["id"])
+    barrier = threading.Barrier(len(ids))
+
+    def one(contact_id: str) -> httpx.Response:
+        with httpx.Client(base_url=live_server, headers=tenant.auth, timeout=30) as client:
+            barrier.wait(timeout=30)
+            return client.patch(f"{CONTACTS}/{contact_id}", json={"email": email})
+
+    with ThreadPoolExecutor(max_workers=len(ids)) as pool:
+        responses = list(pool.map(one, ids))
+    assert sorted(r.status_code for r in responses) == [200] + [409] * 9
+    winner = next(r for r in responses if r.status_code == 200).json()["id"]
+    assert {r.json()["existingContactId"] for r in responses if r.status_code == 409} == {winner}
+    with db.sessions() as session:
+        holders = session.scalars(
+            select(ContactIdentity.contact_id).where(
+                ContactIdentity.tenant_id == tenant.id,
+                ContactIdentity.kind == "email",
+                ContactIdentity.value == email,
+                ContactIdentity.retired_at.is_(None),
+            )
+        )
+        assert [str(h) for h in holders] == [winner]

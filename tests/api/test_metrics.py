@@ -37,6 +37,7 @@ EXPECTED_FAMILIES = {
     "intake_messages_failed": "gauge",
     "intake_messages": "gauge",
     "intake_contacts_created": "counter",
+    "intake_contacts_merged": "counter",
     "intake_queue_depth": "gauge",
     "intake_queue_oldest_age_seconds": "gauge",
     "intake_database_up": "gauge",
@@ -139,6 +140,24 @@ def test_pipeline_figures_move_from_webhook_to_contact(app: FastAPI, db: Databas
         == 5
     )
     assert grew("intake_contacts_created_total", source="sms") == 1
+
+
+def test_merges_are_counted_by_how(app: FastAPI, db: Database) -> None:
+    """An attested link that joins two contacts counts one attested merge; the API's count apart."""
+    client = TestClient(app)
+    tenant = make_tenant(db)
+    store(db, tenant.id, inbound("sms", phone="+14155550500"), inbound("telegram", sender_id="5"))
+    drain(db, tenant.id)
+    before = scrape(client)
+    store(db, tenant.id, inbound("telegram", sender_id="5", phone="+14155550500"))
+    assert drain(db, tenant.id).handled == 1
+    after = scrape(client)
+    grew = {
+        how: value(after, "intake_contacts_merged_total", how=how)
+        - value(before, "intake_contacts_merged_total", how=how)
+        for how in ("attested", "api")
+    }
+    assert grew == {"attested": 1, "api": 0}
 
 
 def test_failed_messages_are_counted(app: FastAPI, db: Database) -> None:

@@ -51,7 +51,11 @@ def live_contacts(db: Database, tenant_id: uuid.UUID) -> list[Contact]:
         return list(
             session.scalars(
                 select(Contact)
-                .where(Contact.tenant_id == tenant_id, Contact.deleted_at.is_(None))
+                .where(
+                    Contact.tenant_id == tenant_id,
+                    Contact.deleted_at.is_(None),
+                    Contact.merged_into_id.is_(None),
+                )
                 .order_by(Contact.created_at, Contact.id)
             )
         )
@@ -63,12 +67,13 @@ def message_rows(db: Database, tenant_id: uuid.UUID) -> list[Message]:
 
 
 def identity_count(db: Database, tenant_id: uuid.UUID) -> int:
+    """The tenant's active identities (retired ones are history, not counted)."""
     with db.sessions() as session:
         return (
             session.scalar(
                 select(func.count())
                 .select_from(ContactIdentity)
-                .where(ContactIdentity.tenant_id == tenant_id)
+                .where(ContactIdentity.tenant_id == tenant_id, ContactIdentity.retired_at.is_(None))
             )
             or 0
         )

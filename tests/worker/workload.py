@@ -46,7 +46,7 @@ def crowd(people: int = 60, per_person: int = 10) -> tuple[list[Person], list[In
                     inbound(
                         "telegram",
                         sender_id=str(900000 + n),
-                        phone=phone[1:],
+                        phone=phone,
                         display_name=f"T{n}",
                         language="es",
                     )

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.e2e
 CONTACTS = "/api/v1/contacts"
 PAYLOADS = Path(__file__).parent.parent / "payloads"
 WAIT_SECONDS = 20.0
+MAILGUN_SIGNATURE = ("timestamp", "token", "signature")
 
 # The people of the recorded payloads.
 BSUID = "US.13491208655302741918"
@@ -77,8 +78,10 @@ def recorded(route: str, name: str) -> Any:
     raw = (PAYLOADS / route / name).read_bytes()
     if route in ("whatsapp", "telegram"):
         return json.loads(raw)
-    if route == "twilio":
-        return dict(parse_qsl(raw.decode("ascii"), keep_blank_values=True))
+    if route in ("twilio", "email/mailgun"):
+        fields = dict(parse_qsl(raw.decode("ascii"), keep_blank_values=True))
+        # Mailgun's signature is made afresh at sending: a recorded one is stale (15 minutes).
+        return {k: v for k, v in fields.items() if k not in MAILGUN_SIGNATURE}
     return raw
 
 
@@ -149,16 +152,31 @@ def ignored_count(http: httpx.Client, channel: str, reason: str) -> float:
     return 0.0
 
 
+# Meta's own webhook, and WhatsApp through Twilio (`From=whatsapp:<BSUID>`, `ExternalUserId`).
+BSUID_THEN_PHONE = [
+    pytest.param("whatsapp", "bsuid_only.json", "bsuid_with_wa_id.json", id="meta"),
+    pytest.param("twilio", "whatsapp_bsuid.form", "whatsapp_bsuid_with_phone.form", id="twilio"),
+]
+
+
+def provider_id(route: str, payload: Any) -> str:
+    """The provider's message id of a recorded WhatsApp message, Meta's or Twilio's."""
+    return payload["MessageSid"] if route == "twilio" else wamid(payload)
+
+
+@pytest.mark.parametrize(("route", "bsuid_only", "with_phone"), BSUID_THEN_PHONE)
 def test_bsuid_only_sender_then_their_phone_is_one_contact_with_both_identities(
-    http: httpx.Client, tenant: TenantFixture, worker: Workers
+    http: httpx.Client,
+    tenant: TenantFixture,
+    worker: Workers,
+    route: str,
+    bsuid_only: str,
+    with_phone: str,
 ) -> None:
     """A BSUID-only WhatsApp sender is a contact; later with wa_id and BSUID, the same one."""
-    first, second = (
-        recorded("whatsapp", "bsuid_only.json"),
-        recorded("whatsapp", "bsuid_with_wa_id.json"),
-    )
-    deliver(http, tenant, "whatsapp", first)
-    [contact] = wait_for_messages(http, tenant, worker, wamid(first))
+    first, second = recorded(route, bsuid_only), recorded(route, with_phone)
+    deliver(http, tenant, route, first)
+    [contact] = wait_for_messages(http, tenant, worker, provider_id(route, first))
     assert {k: contact[k] for k in ("name", "phone", "email", "source", "channelPreference")} == {
         "name": "Sheena Nelson",
         "phone": None,
@@ -168,27 +186,35 @@ def test_bsuid_only_sender_then_their_phone_is_one_contact_with_both_identities(
     }
     assert identities_of(http, tenant, contact["id"]) == {("whatsapp_bsuid", BSUID)}
 
-    deliver(http, tenant, "whatsapp", second)
-    [same] = wait_for_messages(http, tenant, worker, wamid(second))
+    deliver(http, tenant, route, second)
+    [same] = wait_for_messages(http, tenant, worker, provider_id(route, second))
     assert (same["id"], same["phone"], same["source"]) == (contact["id"], PHONE, "whatsapp")
     assert identities_of(http, tenant, same["id"]) == {
         ("whatsapp_bsuid", BSUID),
         ("whatsapp", PHONE.lstrip("+")),
         ("phone", PHONE),
     }
-    assert messages_of(http, tenant, same["id"]) == [wamid(second), wamid(first)]
+    assert messages_of(http, tenant, same["id"]) == [
+        provider_id(route, second),
+        provider_id(route, first),
+    ]
 
 
 def test_bsuid_only_sender_named_by_username_when_no_profile_name(
     http: httpx.Client, tenant: TenantFixture, worker: Workers
 ) -> None:
-    """A BSUID-only sender with a username and no profile name is named @username."""
+    """Without a profile name a BSUID-only sender is @username, until they give their name."""
     payload = recorded("whatsapp", "bsuid_only.json")
     del payload["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["name"]
     deliver(http, tenant, "whatsapp", payload)
     [contact] = wait_for_messages(http, tenant, worker, wamid(payload))
     assert (contact["name"], contact["phone"], contact["source"]) == ("@sheena.n", None, "whatsapp")
     assert identities_of(http, tenant, contact["id"]) == {("whatsapp_bsuid", BSUID)}
+    # The username only stood in for a name: the profile name of a later message replaces it.
+    later = recorded("whatsapp", "bsuid_with_wa_id.json")
+    deliver(http, tenant, "whatsapp", later)
+    [same] = wait_for_messages(http, tenant, worker, wamid(later))
+    assert (same["id"], same["name"], same["phone"]) == (contact["id"], "Sheena Nelson", PHONE)
 
 
 def test_phone_shared_on_request_joins_the_bsuid_contact(
@@ -276,13 +302,27 @@ def test_utf8_from_gives_the_lowercased_address_and_display_name(
     assert identities_of(http, tenant, contact["id"]) == {("email", "jörg.müller@bücher.example")}
 
 
+# Bounces from the null reverse path (RFC 5321 4.5.5), with the reason each is counted under.
+BOUNCES = [
+    pytest.param("email/raw", "null_from.eml", "null sender", id="raw-null-from"),
+    pytest.param("email/raw", "dsn_bounce.eml", "delivery report", id="raw-dsn"),
+    pytest.param("email/mailgun", "bounce.txt", "delivery report", id="mailgun-dsn"),
+]
+
+
+@pytest.mark.parametrize(("route", "name", "reason"), BOUNCES)
 def test_bounce_with_a_null_sender_is_a_200_and_makes_nothing(
-    http: httpx.Client, tenant: TenantFixture, worker: Workers
+    http: httpx.Client,
+    tenant: TenantFixture,
+    worker: Workers,
+    route: str,
+    name: str,
+    reason: str,
 ) -> None:
-    """A notice from the null sender (<>) answers 200, is counted, and makes no contact."""
-    before = ignored_count(http, "email", "null sender")
-    deliver(http, tenant, "email/raw", recorded("email/raw", "null_from.eml"))
-    assert ignored_count(http, "email", "null sender") == before + 1
+    """A bounce from the null sender (<>) answers 200, is counted, and makes no contact."""
+    before = ignored_count(http, "email", reason)
+    deliver(http, tenant, route, recorded(route, name))
+    assert ignored_count(http, "email", reason) == before + 1
     # A person's mail after it: once that is a contact, the bounce has had every chance.
     person = raw_email(address="dana@example.com", name="Dana Whitfield", message_id="<after@x>")
     deliver(http, tenant, "email/raw", person)

@@ -21,7 +21,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.db import Database
-from tests.api.webhook_payloads import SECRETS, meta_whatsapp, raw_email, signed
+from tests.api.webhook_payloads import (
+    SECRETS,
+    mailgun_form,
+    meta_whatsapp,
+    raw_email,
+    signed,
+    telegram_update,
+    twilio_sms,
+)
 from tests.factories import TenantFixture, make_tenant
 from tests.support import ServeProcess, Workers, intake_env, wait_for
 
@@ -176,6 +184,7 @@ def test_bsuid_only_sender_then_their_phone_is_one_contact_with_both_identities(
     """A BSUID-only WhatsApp sender is a contact; later with wa_id and BSUID, the same one."""
     first, second = recorded(route, bsuid_only), recorded(route, with_phone)
     deliver(http, tenant, route, first)
+    deliver(http, tenant, route, first)  # the provider's redelivery changes nothing
     [contact] = wait_for_messages(http, tenant, worker, provider_id(route, first))
     assert {k: contact[k] for k in ("name", "phone", "email", "source", "channelPreference")} == {
         "name": "Sheena Nelson",
@@ -361,6 +370,12 @@ def test_changed_number_keeps_one_contact_and_the_old_number_is_a_new_one_later(
     # The system message is kept with the history it belongs to.
     assert messages_of(http, tenant, same["id"]) == [wamid(changed), wamid(first)]
 
+    # The person writing from their new number is still this contact.
+    again = meta_whatsapp(phone=NEW_PHONE, name="Sheena Nelson", text="New number, same me")
+    deliver(http, tenant, "whatsapp", again)
+    [still] = wait_for_messages(http, tenant, worker, wamid(again))
+    assert (still["id"], still["phone"]) == (contact["id"], NEW_PHONE)
+
     # Whoever writes from the old number now (it may be recycled) is somebody else.
     later = meta_whatsapp(phone=PHONE, name="Marcus Lee", text="Saw your listing")
     deliver(http, tenant, "whatsapp", later)
@@ -388,3 +403,100 @@ def test_another_tenant_cannot_read_these_contacts(
         response = http.get(f"{CONTACTS}/{contact['id']}{suffix}", headers=other.auth)
         assert response.status_code == 404, (suffix, response.text)
     assert contacts(http, other) == []
+
+
+# The two attested links from the person: wa_id with BSUID, and a phone shared on request.
+LINKS = [
+    pytest.param("bsuid_with_wa_id.json", {("whatsapp", PHONE.lstrip("+"))}, id="wa_id-and-bsuid"),
+    pytest.param("contact_request.json", set(), id="contact-request"),
+]
+
+
+@pytest.mark.parametrize(("link", "more"), LINKS)
+def test_bsuid_contact_and_sms_contact_of_one_phone_merge_when_whatsapp_links_them(
+    http: httpx.Client,
+    tenant: TenantFixture,
+    worker: Workers,
+    link: str,
+    more: set[tuple[str, str]],
+) -> None:
+    """An SMS contact and a BSUID-only one, joined by an attested link: the older survives."""
+    sms = twilio_sms(phone=PHONE, body="Is the 2-bed still free?")
+    deliver(http, tenant, "twilio", sms)
+    [by_phone] = wait_for_messages(http, tenant, worker, sms["MessageSid"])
+    bsuid_only = recorded("whatsapp", "bsuid_only.json")
+    deliver(http, tenant, "whatsapp", bsuid_only)
+    found = wait_for_messages(http, tenant, worker, wamid(bsuid_only))
+    [by_bsuid] = [c for c in found if c["id"] != by_phone["id"]]
+    linking = recorded("whatsapp", link)
+    deliver(http, tenant, "whatsapp", linking)
+    wait_for(
+        lambda: len(contacts(http, tenant)) == 1,
+        timeout=WAIT_SECONDS,
+        what=f"the two contacts merged\n{worker.logs()}",
+    )
+    [survivor] = wait_for_messages(http, tenant, worker, wamid(linking))
+    assert survivor["id"] == by_phone["id"]  # the older one
+    assert (survivor["phone"], survivor["source"], survivor["name"]) == (
+        PHONE,
+        "sms",
+        "Sheena Nelson",
+    )
+    assert identities_of(http, tenant, survivor["id"]) == {
+        ("phone", PHONE),
+        ("whatsapp_bsuid", BSUID),
+        *more,
+    }
+    # Newest first by the provider's time: Twilio gives none (now), Meta's are from April 2026.
+    assert messages_of(http, tenant, survivor["id"]) == [
+        sms["MessageSid"],
+        wamid(linking),
+        wamid(bsuid_only),
+    ]
+    # The merged-away id answers with its survivor.
+    merged = get(http, tenant, f"{CONTACTS}/{by_bsuid['id']}")
+    assert merged["id"] == survivor["id"]
+
+
+def test_telegram_business_customer_writing_to_the_bot_directly_is_the_same_contact(
+    http: httpx.Client, tenant: TenantFixture, worker: Workers
+) -> None:
+    """A business customer's edit is not a message; their own message to the bot: same contact."""
+    edits = ignored_count(http, "telegram", "edited message")
+    customer = recorded("telegram", "business_message.json")
+    deliver(http, tenant, "telegram", customer)
+    deliver(http, tenant, "telegram", customer)  # Telegram's redelivery changes nothing
+    deliver(http, tenant, "telegram", recorded("telegram", "edited_business_message.json"))
+    sent = customer["business_message"]
+    business_id = (
+        f"business:{sent['business_connection_id']}:{sent['chat']['id']}:{sent['message_id']}"
+    )
+    [contact] = wait_for_messages(http, tenant, worker, business_id)
+    assert ignored_count(http, "telegram", "edited message") == edits + 1
+    direct = telegram_update(
+        user_id=int(ANA_TELEGRAM_ID), first_name="Ana", last_name="Souza", username="ana_souza"
+    )
+    deliver(http, tenant, "telegram", direct)
+    direct_id = f"{ANA_TELEGRAM_ID}:{direct['message']['message_id']}"
+    [same] = wait_for_messages(http, tenant, worker, direct_id)
+    assert same["id"] == contact["id"]
+    assert same["name"] == "Ana Souza"
+    assert identities_of(http, tenant, same["id"]) == {("telegram", ANA_TELEGRAM_ID)}
+    # Newest first by Telegram's `date`: the direct message's is the earlier one.
+    assert messages_of(http, tenant, same["id"]) == [business_id, direct_id]
+
+
+def test_one_address_in_utf8_raw_mail_and_by_mailgun_is_one_contact(
+    http: httpx.Client, tenant: TenantFixture, worker: Workers
+) -> None:
+    """The UTF-8 address again, in other case through Mailgun: the same contact, two messages."""
+    deliver(http, tenant, "email/raw", recorded("email/raw", "utf8_headers.eml"))
+    [contact] = wait_for_messages(http, tenant, worker, "20251126124402.4711@bücher.example")
+    form = mailgun_form(
+        address="JÖRG.MÜLLER@BÜCHER.EXAMPLE",
+        name="Jörg Müller",
+        message_id="<again@bücher.example>",
+    )
+    deliver(http, tenant, "email/mailgun", form)
+    [same] = wait_for_messages(http, tenant, worker, "again@bücher.example")
+    assert (same["id"], same["email"]) == (contact["id"], "jörg.müller@bücher.example")

@@ -112,6 +112,16 @@ class Sender:
         _kind, value = (self.identities or self.retired)[0]
         return f"{self.channel} {value}"[:MAX_NAME]
 
+    def stand_in_names(self) -> set[str]:
+        """The names `name` gives this sender when they give none (@username, channel and id):
+        a contact still named so lacks a name, as one named by its own phone or email does."""
+        names = {
+            f"{self.channel} {value}"[:MAX_NAME] for _, value in (*self.identities, *self.retired)
+        }
+        if self.username:
+            names.add(("@" + self.username.lstrip("@"))[:MAX_NAME])
+        return names
+
 
 def _usable(keys: Iterable[Key]) -> Iterable[Key]:
     seen: set[Key] = set()
@@ -137,6 +147,7 @@ class _Contact:
     is_new: bool = False
     filled: bool = False
     renamed: bool = False
+    stand_in_name: str | None = None  # the name a rename replaces, re-checked at write time
     language: str = "en"  # only written for a new contact
     changed: set[str] = field(default_factory=set)  # fields a known contact gained, for events
 
@@ -293,9 +304,16 @@ class _Plan:
 
     def _fill(self, contact: _Contact, sender: Sender) -> None:
         """A known contact gains what it lacks. A name that only stands in for one (its own
-        phone or email, given when the first message carried no name) is lacking too."""
-        stand_in = not contact.name.strip() or contact.name in (contact.phone, contact.email)
+        phone or email, or the sender's @username or id, given when the first message carried
+        no name) is lacking too."""
+        stand_in = (
+            not contact.name.strip()
+            or contact.name in (contact.phone, contact.email)
+            or contact.name in sender.stand_in_names()
+        )
         if stand_in and sender.person_name:
+            if not contact.renamed:
+                contact.stand_in_name = contact.name
             contact.name = sender.person_name
             contact.renamed = contact.filled = True
             contact.changed.add("name")
@@ -320,6 +338,7 @@ class _Plan:
         # Written: the contacts the index keeps are plain known contacts for the next plan.
         for contact in (*self.new_contacts, *self.filled.values()):
             contact.is_new = contact.filled = contact.renamed = False
+            contact.stand_in_name = None
             contact.changed.clear()
 
 
@@ -378,6 +397,7 @@ def fill_contacts(
                         (func.trim(CONTACTS.c.name) == "")
                         | (CONTACTS.c.name == CONTACTS.c.phone)
                         | (CONTACTS.c.name == CONTACTS.c.email)
+                        | (CONTACTS.c.name == bindparam("b_stand_in", type_=String))
                     ),
                     bindparam("b_name", type_=String),
                 ),
@@ -392,6 +412,7 @@ def fill_contacts(
                 "b_email": c.email,
                 "b_pref": c.channel_preference,
                 "b_name": c.name if c.renamed else None,
+                "b_stand_in": c.stand_in_name if c.renamed else None,
                 "b_now": now,
             }
             for c in filled.values()

@@ -77,6 +77,20 @@ def test_bsuid_only_sender_is_found_again_by_bsuid(db: Database) -> None:
     assert identities_of(db, contact.id) == {("whatsapp_bsuid", "US.1")}
 
 
+def test_username_or_id_standing_in_for_a_name_gives_way_to_a_real_one(db: Database) -> None:
+    """A contact named by its @username or its id gains the display name a later message gives."""
+    tenant = make_tenant(db)
+    ingest(db, tenant.id, inbound("whatsapp", bsuid="US.7", username="uma.k"))
+    ingest(db, tenant.id, inbound("whatsapp", bsuid="US.8"))
+    assert sorted(c.name for c in live_contacts(db, tenant.id)) == ["@uma.k", "whatsapp US.8"]
+    ingest(db, tenant.id, inbound("whatsapp", bsuid="US.7", username="uma.k", display_name="Uma"))
+    ingest(db, tenant.id, inbound("whatsapp", bsuid="US.8", display_name="Ola"))
+    assert sorted(c.name for c in live_contacts(db, tenant.id)) == ["Ola", "Uma"]
+    # A real name is the person's: a later, different display name does not replace it.
+    ingest(db, tenant.id, inbound("whatsapp", bsuid="US.7", display_name="Someone Else"))
+    assert sorted(c.name for c in live_contacts(db, tenant.id)) == ["Ola", "Uma"]
+
+
 def test_wa_id_and_bsuid_of_two_contacts_merge(db: Database) -> None:
     """A message carrying a wa_id and a BSUID held by two contacts merges them."""
     tenant = make_tenant(db)

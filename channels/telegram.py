@@ -65,6 +65,20 @@ _NOT_A_PERSON_MESSAGE = {
     "inline_query": "inline query",
     "my_chat_member": "membership change",
     "chat_member": "membership change",
+    "chat_join_request": "join request",
+    "message_reaction": "reaction",
+    "message_reaction_count": "reaction",
+    "poll": "poll update",
+    "poll_answer": "poll update",
+    "chosen_inline_result": "inline query",
+    "shipping_query": "payment query",
+    "pre_checkout_query": "payment query",
+    "purchased_paid_media": "payment query",
+    "chat_boost": "chat boost",
+    "removed_chat_boost": "chat boost",
+    # Bot API 10: a guest bot summoned into someone else's chat, and a managed bot's changes.
+    "guest_message": "guest message",
+    "managed_bot": "managed bot",
 }
 BUSINESS_OWNER = "business owner message"
 SERVICE_MESSAGE = "service message"
@@ -107,7 +121,25 @@ _SERVICE_FIELDS = (
     "video_chat_participants_invited",
     "gift",
     "unique_gift",
+    "gift_upgrade_sent",
+    "checklist_tasks_done",
+    "checklist_tasks_added",
+    "direct_message_price_changed",
+    "paid_message_price_changed",
+    "suggested_post_approved",
+    "suggested_post_approval_failed",
+    "suggested_post_declined",
+    "suggested_post_paid",
+    "suggested_post_refunded",
+    "chat_owner_changed",
+    "chat_owner_left",
+    "managed_bot_created",
+    "poll_option_added",
+    "poll_option_deleted",
+    "web_app_data",
 )
+# Update fields that may hold a person's new message.
+_PERSON_FIELDS = ("message", "business_message")
 # Update fields that hold a message and whose sender is a Bot API User; each of their users
 # gets `is_bot` when an older update leaves it out.
 _MESSAGE_FIELDS = (
@@ -126,14 +158,23 @@ class TelegramAdapter:
     def parse(self, request: RawRequest, secrets: Mapping[str, str], now: datetime) -> Parsed:
         """Check the secret token header, then read the Update it carries."""
         verify_secret_token(request, require_secret(secrets, SECRET_NAME))
-        update = _load_update(request.body)
+        data = _load_json(request.body)
+        if all(data.get(field) is None for field in _PERSON_FIELDS):
+            # Read from the JSON, not through python-telegram-bot: an update we skip must never
+            # be a 400 because the library's idea of its shape (a poll, a reaction) differs.
+            return Parsed(ignored=(_reason_for_non_message(data),))
+        update = _load_update(data)
         message = update.message or update.business_message
         if message is None:
-            return Parsed(ignored=(_reason_for_non_message(update),))
+            return Parsed(ignored=(_reason_for_non_message(data),))
         user = message.from_user
         if user is None:
             # Anonymous group admins and channels posting in groups have a sender_chat instead.
             return Parsed(ignored=("no person sender",))
+        if message.sender_chat is not None:
+            # Sent on behalf of a chat: `from` is a placeholder (Telegram's 777000 for a
+            # channel post forwarded to its discussion group, @GroupAnonymousBot, @Channel_Bot).
+            return Parsed(ignored=(_on_behalf_of_chat(message),))
         if message.business_connection_id is not None and _sent_by_business(message, user.id):
             return Parsed(ignored=(BUSINESS_OWNER,))
         if user.is_bot:
@@ -163,13 +204,26 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _load_update(body: bytes) -> Update:
+def _load_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:  # ValueError covers bad UTF-8 and bad JSON
         raise MalformedRequestError("body is not JSON") from exc
     if not isinstance(data, dict):
         raise MalformedRequestError("body is not a JSON object")
+    if not _is_int(data.get("update_id")):
+        raise MalformedRequestError("body is not a Telegram Update: no update_id")
+    return data
+
+
+def _on_behalf_of_chat(message: Message) -> str:
+    chat_type = getattr(message.sender_chat, "type", None)
+    if message.is_automatic_forward or chat_type == "channel":
+        return "channel post"
+    return "no person sender"
+
+
+def _load_update(data: dict[str, Any]) -> Update:
     _default_is_bot(data)
     try:
         update = Update.de_json(data, bot=None)
@@ -232,9 +286,9 @@ def _optional_str(value: object) -> bool:
     return value is None or isinstance(value, str)
 
 
-def _reason_for_non_message(update: Update) -> str:
+def _reason_for_non_message(data: Mapping[str, Any]) -> str:
     for field, reason in _NOT_A_PERSON_MESSAGE.items():
-        if getattr(update, field, None) is not None:
+        if data.get(field) is not None:
             return reason
     return "not a message"
 

@@ -14,10 +14,12 @@ import copy
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from twilio.request_validator import RequestValidator
 
 from api.app import create_app
 from intake.settings import Settings
@@ -324,3 +326,37 @@ def test_a_skipped_telegram_update_in_a_shape_the_library_refuses_is_still_a_200
     assert response.status_code == 200, response.text
     assert stored(db, tenant.id) == []
     assert ignored_count(client, "telegram", "poll update") == before + 1
+
+
+def test_twilio_signs_the_public_url_with_its_query_and_every_blank_parameter(
+    db: Database, tmp_path: Path, tenant: TenantFixture
+) -> None:
+    """A Twilio webhook configured with a query string verifies through the served route when
+    signed over the public URL, query and blank fields included; without either it is a 403."""
+    settings = Settings(
+        database_url=db.url,
+        broker_url=f"sqla+sqlite:///{tmp_path}/broker.db",
+        public_url="https://intake.example.com",
+    )
+    app_client = TestClient(create_app(settings, db=db), base_url=BASE)
+    form = recorded("twilio", "sms_text.form")
+    assert (form["FromZip"], form["FromCity"]) == ("", "")  # Twilio posts them blank
+    path = f"/webhooks/{tenant.id}/twilio?property=elm-street&campaign="
+    validator = RequestValidator(SECRETS["twilio_auth_token"])
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+
+    def send(signed_url: str, fields: dict[str, str]) -> int:
+        signature = validator.compute_signature(signed_url, fields)
+        response = app_client.post(
+            path, content=urlencode(form), headers={**headers, "x-twilio-signature": signature}
+        )
+        status: int = response.status_code
+        return status
+
+    without_blank = {k: v for k, v in form.items() if k != "FromZip"}
+    assert send("https://intake.example.com" + path.split("?")[0], form) == 403
+    assert send("https://intake.example.com" + path, without_blank) == 403
+    assert stored(db, tenant.id) == []
+    assert send("https://intake.example.com" + path, form) == 200
+    (message,) = stored(db, tenant.id)
+    assert (message.channel, message.phone) == ("sms", "+14155552671")

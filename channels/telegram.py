@@ -140,6 +140,30 @@ _SERVICE_FIELDS = (
 )
 # Update fields that may hold a person's new message.
 _PERSON_FIELDS = ("message", "business_message")
+# The message fields a person's message is read for (see _inbound_from and its checks).
+_READ_FIELDS = frozenset(
+    {
+        "message_id",
+        "date",
+        "chat",
+        "from",
+        "sender_chat",
+        "is_automatic_forward",
+        "business_connection_id",
+        "sender_business_bot",
+        "text",
+        "caption",
+        "photo",
+        "document",
+        "audio",
+        "voice",
+        "video",
+        "video_note",
+        "sticker",
+        "contact",
+        "location",
+    }
+)
 # Update fields that hold a message and whose sender is a Bot API User; each of their users
 # gets `is_bot` when an older update leaves it out.
 _MESSAGE_FIELDS = (
@@ -163,6 +187,12 @@ class TelegramAdapter:
             # Read from the JSON, not through python-telegram-bot: an update we skip must never
             # be a 400 because the library's idea of its shape (a poll, a reaction) differs.
             return Parsed(ignored=(_reason_for_non_message(data),))
+        # Service messages are told by the JSON, so that one is known as such even when its
+        # message has to be read again from the fields below (see _load_update).
+        service = any(
+            isinstance(raw, dict) and any(raw.get(name) for name in _SERVICE_FIELDS)
+            for raw in (data.get(field) for field in _PERSON_FIELDS)
+        )
         update = _load_update(data)
         message = update.message or update.business_message
         if message is None:
@@ -179,7 +209,7 @@ class TelegramAdapter:
             return Parsed(ignored=(BUSINESS_OWNER,))
         if user.is_bot:
             return Parsed(ignored=("bot sender",))
-        if any(getattr(message, name, None) for name in _SERVICE_FIELDS):
+        if service:
             return Parsed(ignored=(SERVICE_MESSAGE,))
         return Parsed(messages=(storable(_inbound_from(message)),))
 
@@ -226,16 +256,40 @@ def _on_behalf_of_chat(message: Message) -> str:
 def _load_update(data: dict[str, Any]) -> Update:
     _default_is_bot(data)
     try:
-        update = Update.de_json(data, bot=None)
+        update = _de_json(data)
+    except MalformedRequestError:
+        # The library also refuses a message for a nested object whose shape it expects
+        # otherwise (a reply to a poll, a quote, a game): read again from only the fields a
+        # person's message is read for, a person's words are never a 400 for what is beside them.
+        update = _de_json(_reduced(data))
+    for message in (update.message, update.business_message):
+        if message is not None:
+            _check_message_shape(message)
+    return update
+
+
+def _de_json(data: dict[str, Any]) -> Update:
+    try:
+        return Update.de_json(data, bot=None)
     # python-telegram-bot builds objects from whatever it is given without validating types, so
     # a hostile body fails in many ways (TypeError, AttributeError, OverflowError, …): any
     # failure to build the Update means the body is not one.
     except Exception as exc:
         raise MalformedRequestError("body is not a Telegram Update") from exc
-    for message in (update.message, update.business_message):
+
+
+def _reduced(data: dict[str, Any]) -> dict[str, Any]:
+    """The update with its message cut down to the fields _inbound_from and the checks read."""
+    reduced: dict[str, Any] = {"update_id": data["update_id"]}
+    for field in _PERSON_FIELDS:
+        message = data.get(field)
         if message is not None:
-            _check_message_shape(message)
-    return update
+            reduced[field] = (
+                {k: v for k, v in message.items() if k in _READ_FIELDS}
+                if isinstance(message, dict)
+                else message
+            )
+    return reduced
 
 
 def _default_is_bot(data: dict[str, Any]) -> None:

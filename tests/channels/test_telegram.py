@@ -531,3 +531,37 @@ def test_update_without_an_update_id_is_malformed() -> None:
 def test_newer_service_messages_are_not_words_from_the_sender(name: str) -> None:
     """Service messages of Bot API 7-10 (checklists, Web App data, …) are skipped as such."""
     assert parse(name) == Parsed(ignored=(SERVICE_MESSAGE,))
+
+
+def test_a_nested_object_the_library_refuses_does_not_cost_the_persons_message() -> None:
+    """A reply to a poll in a shape python-telegram-bot refuses is still the sender's message,
+    read from the fields a message is read for, and not a 400."""
+    data = json.loads(payload("text.json"))
+    older_poll = {
+        "id": "5406031000000000001",
+        "question": "Which day suits you?",
+        "options": [{"text": "Saturday", "voter_count": 1}],  # no 9.6 persistent_id
+        "total_voter_count": 1,
+        "is_closed": False,
+        "is_anonymous": False,
+        "type": "regular",
+        "allows_multiple_answers": False,
+    }
+    data["message"]["reply_to_message"] = {
+        "message_id": 1000,
+        "from": data["message"]["from"],
+        "chat": data["message"]["chat"],
+        "date": 1764161000,
+        "poll": older_poll,
+    }
+    (message,) = ADAPTER.parse(request(json.dumps(data).encode()), SECRETS, NOW).messages
+    assert (message.sender_id, message.provider_message_id) == ("583920114", "583920114:1042")
+    assert message.text == data["message"]["text"]
+
+
+def test_a_service_message_read_again_is_still_a_service_message() -> None:
+    """The service check reads the JSON, so a pin of a message the library refuses is skipped."""
+    data = json.loads(payload("pinned_message.json"))
+    data["message"]["pinned_message"]["poll"] = {"id": "1", "question": "?"}  # not a Poll
+    parsed = ADAPTER.parse(request(json.dumps(data).encode()), SECRETS, NOW)
+    assert parsed == Parsed(ignored=(SERVICE_MESSAGE,))

@@ -21,7 +21,7 @@ import hmac
 from collections.abc import Mapping
 from datetime import datetime
 from email import policy
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
 
 from channels import email_parse
@@ -120,14 +120,40 @@ def _body_text(message: EmailMessage) -> str | None:
         part = message.get_body(preferencelist=("plain", "html"))
         if part is None:
             return None
-        content = part.get_content()
-        if not isinstance(content, str):
+        content = _decoded_text(part)
+        if content is None:
             return None
         if part.get_content_subtype() == "html":
             return email_parse.text_of_html(content)
     except email_parse.MIME_ERRORS:
         return None
     return content
+
+
+# What a charset label means when it says nothing: none given (RFC 2045's us-ascii default),
+# Postfix's and Exchange's `unknown-8bit`, or a name Python does not know.
+_UNDECLARED_CHARSETS = frozenset({"", "us-ascii", "ascii", "unknown-8bit", "x-unknown"})
+
+
+def _decoded_text(part: MIMEPart) -> str | None:
+    """A text part's content in its declared charset; 8-bit bytes under no usable charset
+    (an 8BITMIME body in Latin-1 sent without a label) read as UTF-8, failing that cp1252."""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return None
+    charset = (part.get_content_charset() or "").strip().lower()
+    if charset not in _UNDECLARED_CHARSETS:
+        try:
+            return payload.decode(charset, "replace")
+        except LookupError:
+            pass
+    if payload.isascii():
+        return payload.decode("ascii")
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        # cp1252 is what mail clients mean by Latin-1 (its 0x80-0x9f are quotes and dashes).
+        return payload.decode("cp1252", "replace")
 
 
 def _attachments(message: EmailMessage) -> tuple[Media, ...]:

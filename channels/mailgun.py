@@ -290,6 +290,10 @@ def _parse_message(form: Form, now: datetime, *, nonce: str) -> Parsed:
     body = form.get("stripped-text")
     if not body or not body.strip():
         body = form.get("body-plain")
+    if not body or not body.strip():
+        # A message sent as HTML only: Mailgun then posts no text, just `body-html`.
+        html = form.get("stripped-html") or form.get("body-html")
+        body = email_parse.text_of_html(html) if html else body
     inbound = email_parse.inbound_email(
         mailbox=mailbox,
         subject=subject,

@@ -65,6 +65,20 @@ _NOT_A_PERSON_MESSAGE = {
     "inline_query": "inline query",
     "my_chat_member": "membership change",
     "chat_member": "membership change",
+    "chat_join_request": "join request",
+    "message_reaction": "reaction",
+    "message_reaction_count": "reaction",
+    "poll": "poll update",
+    "poll_answer": "poll update",
+    "chosen_inline_result": "inline query",
+    "shipping_query": "payment query",
+    "pre_checkout_query": "payment query",
+    "purchased_paid_media": "payment query",
+    "chat_boost": "chat boost",
+    "removed_chat_boost": "chat boost",
+    # Bot API 10: a guest bot summoned into someone else's chat, and a managed bot's changes.
+    "guest_message": "guest message",
+    "managed_bot": "managed bot",
 }
 BUSINESS_OWNER = "business owner message"
 SERVICE_MESSAGE = "service message"
@@ -107,6 +121,48 @@ _SERVICE_FIELDS = (
     "video_chat_participants_invited",
     "gift",
     "unique_gift",
+    "gift_upgrade_sent",
+    "checklist_tasks_done",
+    "checklist_tasks_added",
+    "direct_message_price_changed",
+    "paid_message_price_changed",
+    "suggested_post_approved",
+    "suggested_post_approval_failed",
+    "suggested_post_declined",
+    "suggested_post_paid",
+    "suggested_post_refunded",
+    "chat_owner_changed",
+    "chat_owner_left",
+    "managed_bot_created",
+    "poll_option_added",
+    "poll_option_deleted",
+    "web_app_data",
+)
+# Update fields that may hold a person's new message.
+_PERSON_FIELDS = ("message", "business_message")
+# The message fields a person's message is read for (see _inbound_from and its checks).
+_READ_FIELDS = frozenset(
+    {
+        "message_id",
+        "date",
+        "chat",
+        "from",
+        "sender_chat",
+        "is_automatic_forward",
+        "business_connection_id",
+        "sender_business_bot",
+        "text",
+        "caption",
+        "photo",
+        "document",
+        "audio",
+        "voice",
+        "video",
+        "video_note",
+        "sticker",
+        "contact",
+        "location",
+    }
 )
 # Update fields that hold a message and whose sender is a Bot API User; each of their users
 # gets `is_bot` when an older update leaves it out.
@@ -126,19 +182,34 @@ class TelegramAdapter:
     def parse(self, request: RawRequest, secrets: Mapping[str, str], now: datetime) -> Parsed:
         """Check the secret token header, then read the Update it carries."""
         verify_secret_token(request, require_secret(secrets, SECRET_NAME))
-        update = _load_update(request.body)
+        data = _load_json(request.body)
+        if all(data.get(field) is None for field in _PERSON_FIELDS):
+            # Read from the JSON, not through python-telegram-bot: an update we skip must never
+            # be a 400 because the library's idea of its shape (a poll, a reaction) differs.
+            return Parsed(ignored=(_reason_for_non_message(data),))
+        # Service messages are told by the JSON, so that one is known as such even when its
+        # message has to be read again from the fields below (see _load_update).
+        service = any(
+            isinstance(raw, dict) and any(raw.get(name) for name in _SERVICE_FIELDS)
+            for raw in (data.get(field) for field in _PERSON_FIELDS)
+        )
+        update = _load_update(data)
         message = update.message or update.business_message
         if message is None:
-            return Parsed(ignored=(_reason_for_non_message(update),))
+            return Parsed(ignored=(_reason_for_non_message(data),))
         user = message.from_user
         if user is None:
             # Anonymous group admins and channels posting in groups have a sender_chat instead.
             return Parsed(ignored=("no person sender",))
+        if message.sender_chat is not None:
+            # Sent on behalf of a chat: `from` is a placeholder (Telegram's 777000 for a
+            # channel post forwarded to its discussion group, @GroupAnonymousBot, @Channel_Bot).
+            return Parsed(ignored=(_on_behalf_of_chat(message),))
         if message.business_connection_id is not None and _sent_by_business(message, user.id):
             return Parsed(ignored=(BUSINESS_OWNER,))
         if user.is_bot:
             return Parsed(ignored=("bot sender",))
-        if any(getattr(message, name, None) for name in _SERVICE_FIELDS):
+        if service:
             return Parsed(ignored=(SERVICE_MESSAGE,))
         return Parsed(messages=(storable(_inbound_from(message)),))
 
@@ -163,25 +234,62 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _load_update(body: bytes) -> Update:
+def _load_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:  # ValueError covers bad UTF-8 and bad JSON
         raise MalformedRequestError("body is not JSON") from exc
     if not isinstance(data, dict):
         raise MalformedRequestError("body is not a JSON object")
+    if not _is_int(data.get("update_id")):
+        raise MalformedRequestError("body is not a Telegram Update: no update_id")
+    return data
+
+
+def _on_behalf_of_chat(message: Message) -> str:
+    chat_type = getattr(message.sender_chat, "type", None)
+    if message.is_automatic_forward or chat_type == "channel":
+        return "channel post"
+    return "no person sender"
+
+
+def _load_update(data: dict[str, Any]) -> Update:
     _default_is_bot(data)
     try:
-        update = Update.de_json(data, bot=None)
+        update = _de_json(data)
+    except MalformedRequestError:
+        # The library also refuses a message for a nested object whose shape it expects
+        # otherwise (a reply to a poll, a quote, a game): read again from only the fields a
+        # person's message is read for, a person's words are never a 400 for what is beside them.
+        update = _de_json(_reduced(data))
+    for message in (update.message, update.business_message):
+        if message is not None:
+            _check_message_shape(message)
+    return update
+
+
+def _de_json(data: dict[str, Any]) -> Update:
+    try:
+        return Update.de_json(data, bot=None)
     # python-telegram-bot builds objects from whatever it is given without validating types, so
     # a hostile body fails in many ways (TypeError, AttributeError, OverflowError, …): any
     # failure to build the Update means the body is not one.
     except Exception as exc:
         raise MalformedRequestError("body is not a Telegram Update") from exc
-    for message in (update.message, update.business_message):
+
+
+def _reduced(data: dict[str, Any]) -> dict[str, Any]:
+    """The update with its message cut down to the fields _inbound_from and the checks read."""
+    reduced: dict[str, Any] = {"update_id": data["update_id"]}
+    for field in _PERSON_FIELDS:
+        message = data.get(field)
         if message is not None:
-            _check_message_shape(message)
-    return update
+            reduced[field] = (
+                {k: v for k, v in message.items() if k in _READ_FIELDS}
+                if isinstance(message, dict)
+                else message
+            )
+    return reduced
 
 
 def _default_is_bot(data: dict[str, Any]) -> None:
@@ -232,9 +340,9 @@ def _optional_str(value: object) -> bool:
     return value is None or isinstance(value, str)
 
 
-def _reason_for_non_message(update: Update) -> str:
+def _reason_for_non_message(data: Mapping[str, Any]) -> str:
     for field, reason in _NOT_A_PERSON_MESSAGE.items():
-        if getattr(update, field, None) is not None:
+        if data.get(field) is not None:
             return reason
     return "not a message"
 

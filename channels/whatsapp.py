@@ -63,6 +63,8 @@ REVOKED: Final = "revoked message"
 ECHO: Final = "message echo"
 SYSTEM_MESSAGE: Final = "system message"
 NO_SENDER: Final = "sender without a wa_id or user id"
+# A change whose `value` holds only Meta's `errors` (say, a delivery Meta could not process).
+ERROR_NOTICE: Final = "error notification"
 
 MEDIA_TYPES: Final = frozenset({"image", "audio", "video", "document", "sticker"})
 # Not something a person wrote to the tenant: a reaction to the tenant's own message, and a
@@ -176,6 +178,9 @@ def parse_change_value(value: dict[str, Any]) -> tuple[list[InboundMessage], lis
     ignored = [STATUS_CALLBACK for _ in as_list(value.get("statuses", []), "statuses")]
     # Standby and coexistence deliveries may carry echoes of the business's own messages here.
     ignored += [ECHO for _ in as_list(value.get("message_echoes", []), "message_echoes")]
+    errors = as_list(value.get("errors", []), "errors")
+    if errors and not value.get("messages") and not value.get("statuses"):
+        ignored.append(ERROR_NOTICE)
     for raw in as_list(value.get("messages", []), "messages"):
         message = as_object(raw, "message")
         kind = text_field(message, "type") or "unknown"
@@ -333,6 +338,8 @@ def content_of(message: dict[str, Any], kind: str) -> tuple[str | None, tuple[Me
         return text_field(body, "body"), ()
     if kind == "button":  # a quick-reply button of a template
         return text_field(body, "text"), ()
+    if kind == "order":  # a cart sent from the catalog, with the note the person typed
+        return text_field(body, "text"), ()
     if kind == "interactive":  # button_reply, list_reply: the title the person tapped
         reply_kind = text_field(body, "type") or ""
         reply = as_object(body.get(reply_kind, {}), "interactive reply")
@@ -349,8 +356,8 @@ def content_of(message: dict[str, Any], kind: str) -> tuple[str | None, tuple[Me
         return caption, (media,)
     if kind == "location":
         return None, (location_of(body),)
-    # "unsupported", "order" and types Meta adds later still come from a person: the message
-    # is kept, without content, so the sender becomes a contact.
+    # "unsupported", "request_welcome" and types Meta adds later still come from a person: the
+    # message is kept, without content, so the sender becomes a contact.
     return None, ()
 
 

@@ -437,3 +437,11 @@ def test_validly_signed_body_mime_of_any_shape_gives_parsed_or_channel_error(
 def test_any_json_posted_gives_parsed_or_channel_error(data: object) -> None:
     """JSON of any shape posted to the route is an ignored event, a 400 or a 403, never a crash."""
     _parsed_or_channel_error(request(json.dumps(data).encode(), "application/json"))
+
+
+def test_html_only_forward_gives_the_text_of_the_html() -> None:
+    """A message sent as HTML only (no body-plain) is stored with the HTML's visible text."""
+    fields = dict(parse_qsl(payload("html_only.txt").decode("ascii"), keep_blank_values=True))
+    fields.update(timestamp=str(int(NOW.timestamp())), token="html-only-token-1")
+    (message,) = ADAPTER.parse(request(resigned(fields)), SECRETS, NOW).messages
+    assert message.text == "Unit 4B\n\nIs unit 4B still free?\nRavi"

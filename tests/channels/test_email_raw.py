@@ -352,3 +352,23 @@ def test_undecodable_display_name_is_made_storable() -> None:
     assert message.display_name == "Jo\ufffd(\ufffdo"
     assert message.text == "oi\n\nola!"
     assert message.display_name.encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        (
+            "unknown_8bit.eml",
+            "Olá, o apartamento ainda está disponível? Posso visitá-lo no sábado.",
+        ),
+        (
+            "latin1_8bit_unlabelled.eml",
+            "Bonjour, je voudrais visiter l'appartement. Très intéressé, merci — François",
+        ),
+    ],
+)
+def test_eight_bit_body_without_a_usable_charset_is_read_not_lost(name: str, body: str) -> None:
+    """`charset=unknown-8bit` and an unlabelled Latin-1 8BITMIME body keep their words."""
+    (message,) = parse(name).messages
+    assert message.text is not None
+    assert message.text.split("\n\n", 1)[1] == body

@@ -476,3 +476,92 @@ def test_surrogates_and_nuls_in_text_are_made_storable() -> None:
     (message,) = ADAPTER.parse(request(json.dumps(data).encode()), SECRETS, NOW).messages
     assert message.text == "hi there \ufffd"
     assert message.display_name == "A\ufffdna Souza"
+
+
+def test_channel_post_forwarded_to_its_discussion_group_is_not_a_person() -> None:
+    """An automatic forward (from Telegram's 777000, is_bot false, on behalf of the channel)
+    is a channel post, not a contact named "Telegram"."""
+    assert parse("automatic_forward.json") == Parsed(ignored=("channel post",))
+
+
+def test_group_message_on_behalf_of_a_group_is_no_person_sender() -> None:
+    """An anonymous admin (`from` @GroupAnonymousBot, `sender_chat` the group) is no person."""
+    data = json.loads(payload("text.json"))
+    data["message"]["from"] = {
+        "id": 1087968824,
+        "is_bot": True,
+        "first_name": "Group",
+        "username": "GroupAnonymousBot",
+    }
+    data["message"]["sender_chat"] = {"id": -100123, "type": "supergroup", "title": "Tenants"}
+    parsed = ADAPTER.parse(request(json.dumps(data).encode()), SECRETS, NOW)
+    assert parsed == Parsed(ignored=("no person sender",))
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("message_reaction.json", "reaction"),
+        ("chat_join_request.json", "join request"),
+        ("poll_answer.json", "poll update"),
+    ],
+)
+def test_updates_without_a_message_are_skipped_with_their_own_reason(
+    name: str, reason: str
+) -> None:
+    """Reactions, join requests and poll answers are named for what they are."""
+    assert parse(name) == Parsed(ignored=(reason,))
+
+
+def test_skipped_update_is_read_from_the_json_not_the_library() -> None:
+    """An update we skip is never a 400 because python-telegram-bot would refuse its shape."""
+    data = json.loads(payload("poll_answer.json"))
+    del data["poll_answer"]["option_persistent_ids"]  # required by the library since 9.6
+    parsed = ADAPTER.parse(request(json.dumps(data).encode()), SECRETS, NOW)
+    assert parsed == Parsed(ignored=("poll update",))
+
+
+def test_update_without_an_update_id_is_malformed() -> None:
+    """A JSON object that is not an Update at all is still a 400."""
+    with pytest.raises(MalformedRequestError):
+        ADAPTER.parse(request(b'{"message_reaction": {}}'), SECRETS, NOW)
+
+
+@pytest.mark.parametrize("name", ["checklist_tasks_done.json", "web_app_data.json"])
+def test_newer_service_messages_are_not_words_from_the_sender(name: str) -> None:
+    """Service messages of Bot API 7-10 (checklists, Web App data, …) are skipped as such."""
+    assert parse(name) == Parsed(ignored=(SERVICE_MESSAGE,))
+
+
+def test_a_nested_object_the_library_refuses_does_not_cost_the_persons_message() -> None:
+    """A reply to a poll in a shape python-telegram-bot refuses is still the sender's message,
+    read from the fields a message is read for, and not a 400."""
+    data = json.loads(payload("text.json"))
+    older_poll = {
+        "id": "5406031000000000001",
+        "question": "Which day suits you?",
+        "options": [{"text": "Saturday", "voter_count": 1}],  # no 9.6 persistent_id
+        "total_voter_count": 1,
+        "is_closed": False,
+        "is_anonymous": False,
+        "type": "regular",
+        "allows_multiple_answers": False,
+    }
+    data["message"]["reply_to_message"] = {
+        "message_id": 1000,
+        "from": data["message"]["from"],
+        "chat": data["message"]["chat"],
+        "date": 1764161000,
+        "poll": older_poll,
+    }
+    (message,) = ADAPTER.parse(request(json.dumps(data).encode()), SECRETS, NOW).messages
+    assert (message.sender_id, message.provider_message_id) == ("583920114", "583920114:1042")
+    assert message.text == data["message"]["text"]
+
+
+def test_a_service_message_read_again_is_still_a_service_message() -> None:
+    """The service check reads the JSON, so a pin of a message the library refuses is skipped."""
+    data = json.loads(payload("pinned_message.json"))
+    data["message"]["pinned_message"]["poll"] = {"id": "1", "question": "?"}  # not a Poll
+    parsed = ADAPTER.parse(request(json.dumps(data).encode()), SECRETS, NOW)
+    assert parsed == Parsed(ignored=(SERVICE_MESSAGE,))

@@ -788,3 +788,14 @@ def test_any_one_field_of_a_recorded_payload_replaced_gives_parsed_or_400(
     node[path[-1]] = replacement
     result = outcome(post(json.dumps(data).encode()))
     assert isinstance(result, Parsed | MalformedRequestError)
+
+
+def test_a_change_with_only_errors_is_counted_as_an_error_notification() -> None:
+    """Meta's `errors`-only value is acknowledged with a reason, not silently."""
+    assert parse(payload("errors_only.json")) == Parsed(ignored=("error notification",))
+
+
+def test_an_order_keeps_the_note_the_person_typed() -> None:
+    """A catalog order is a person's message whose text is the order's `text`."""
+    (message,) = parse(payload("order.json")).messages
+    assert (message.phone, message.text) == ("+16505551234", "Can I reserve these for Saturday?")

@@ -538,6 +538,15 @@ def test_search_matches_name_email_and_phone(client: TestClient, tenant: TenantF
     assert ids("nobody") == set()
 
 
+def test_search_folds_case_beyond_ascii(client: TestClient, tenant: TenantFixture) -> None:
+    """search ignores case in any script, on SQLite as on PostgreSQL: 'élodie' finds 'Élodie'."""
+    elodie = create(client, tenant, name="Élodie Ünal", email="elodie@example.com")
+    create(client, tenant, name="Eloise Unger", email="eloise@example.com")
+    for term in ("élodie", "ÉLODIE", "ünal", "ÜNAL", "Élodie Ü"):
+        data = client.get(CONTACTS, params={"search": term}, headers=tenant.auth).json()["data"]
+        assert [c["id"] for c in data] == [elodie["id"]], term
+
+
 def test_search_matches_phone_digits(client: TestClient, tenant: TenantFixture) -> None:
     """A phone-like search matches on digits: '555-123' finds +15551234…."""
     found = create(client, tenant, phone="+15551234567")

@@ -139,22 +139,31 @@ def kept_contacts_of(tenant_id: uuid.UUID) -> Select[Contact]:
 def resolve_contact(
     session: Session, *, tenant_id: uuid.UUID, contact_id: uuid.UUID, for_update: bool = False
 ) -> Contact:
-    """The live contact `contact_id` names: itself, or the survivor it was merged into."""
+    """The live contact `contact_id` names: itself, or the survivor it was merged into.
+
+    With `for_update` the contact is locked; one merged away while we waited for its lock is
+    followed to its survivor (a PATCH racing a merge changes the survivor, it is not a 404).
+    """
     current = contact_id
+    refresh = False
     for _ in range(MAX_MERGE_HOPS):
         statement = kept_contacts_of(tenant_id).where(Contact.id == current)
+        if refresh:  # the session's copy predates the merge we waited for: read it anew
+            statement = statement.execution_options(populate_existing=True)
         contact = session.scalars(statement).one_or_none()
         if contact is None:
             break
         if contact.merged_into_id is None:
-            if for_update:
-                locked = contacts_of(tenant_id).where(Contact.id == current).with_for_update()
-                contact = session.scalars(
-                    locked.execution_options(populate_existing=True)
-                ).one_or_none()
-                if contact is None:  # merged or deleted between the two reads
-                    break
-            return contact
+            if not for_update:
+                return contact
+            locked = contacts_of(tenant_id).where(Contact.id == current).with_for_update()
+            locked_contact = session.scalars(
+                locked.execution_options(populate_existing=True)
+            ).one_or_none()
+            if locked_contact is not None:
+                return locked_contact
+            refresh = True  # merged or deleted between the two reads: look again
+            continue
         current = contact.merged_into_id
     raise ContactNotFoundError(contact_id)
 

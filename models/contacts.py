@@ -382,8 +382,9 @@ def delete_contact(
     contact.updated_at = now
     session.flush()
     identities.retire_identities(session, tenant_id=tenant_id, contact_id=contact.id, now=now)
+    # The contact deleted, not the id asked for: a merged-away id names its survivor.
     record_event(
-        session, tenant_id=tenant_id, type="contact.deleted", data={"contactId": str(contact_id)}
+        session, tenant_id=tenant_id, type="contact.deleted", data={"contactId": str(contact.id)}
     )
 
 

@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session
 
 from models import identities
 from models.events import record_contact_updated, record_event
-from models.identity import InvalidIdentityError, digits_of, normalize_email, normalize_phone
+from models.identity import (
+    InvalidIdentityError,
+    check_phone_in_any_region,
+    digits_of,
+    normalize_email,
+    normalize_phone,
+)
 from models.languages import is_language_code
 from models.schema import Contact, Message, utcnow
 
@@ -462,7 +468,14 @@ def _validated(raw: Mapping[str, Any], *, region: str) -> dict[str, Any]:
     return values
 
 
-def _clean(field: str, value: Any, *, region: str) -> Any:
+def check_field(field: str, value: Any) -> None:
+    """Raise ValueError (saying why) for a value `field` can never take, whatever the tenant's
+    region: for the API's schemas, so that one answer names every bad field of a body."""
+    _clean(field, value, region=None)
+
+
+def _clean(field: str, value: Any, *, region: str | None) -> Any:
+    """`value` checked and in stored form; `region` None checks only what needs no region."""
     if value is not None and not isinstance(value, str):
         raise ValueError("must be a string")
     text = value.strip() if isinstance(value, str) else None
@@ -475,7 +488,12 @@ def _clean(field: str, value: Any, *, region: str) -> Any:
         if not text:
             return None  # an empty email or phone is an absent one
         try:
-            return normalize_phone(text, region) if field == "phone" else normalize_email(text)
+            if field == "email":
+                return normalize_email(text)
+            if region is None:
+                check_phone_in_any_region(text)
+                return text
+            return normalize_phone(text, region)
         except InvalidIdentityError as exc:
             raise ValueError(str(exc)) from None
     elif field in ("status", "role"):

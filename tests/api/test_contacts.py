@@ -140,6 +140,41 @@ def test_create_rejects_bad_fields_with_400(
     assert all(e["message"] for e in problem["errors"])
 
 
+@pytest.mark.parametrize(
+    ("payload", "fields"),
+    [
+        (
+            {"name": "", "email": "bad", "phone": "abc", "status": "nope", "language": "xx"},
+            {"name", "email", "phone", "status", "language"},
+        ),
+        ({"email": "bad", "phone": "+1 999", "id": "x"}, {"name", "email", "phone", "id"}),
+        ({"name": "   ", "email": "a@example.com", "role": "boss"}, {"name", "role"}),
+        (
+            {"name": "Jane", "email": "bad", "channelPreference": "fax"},
+            {"email", "channelPreference"},
+        ),
+    ],
+)
+def test_create_names_every_bad_field_at_once(
+    client: TestClient, tenant: TenantFixture, payload: dict[str, object], fields: set[str]
+) -> None:
+    """A body with several bad fields is one 400 whose errors name each of them, not only the
+    first kind of mistake found."""
+    response = client.post(CONTACTS, json=payload, headers=tenant.auth)
+    assert response.status_code == 400, response.text
+    assert {e["field"] for e in response.json()["errors"]} == fields
+
+
+def test_update_names_every_bad_field_at_once(client: TestClient, tenant: TenantFixture) -> None:
+    """A PATCH with several bad values names each, and changes nothing."""
+    created = create(client, tenant)
+    payload = {"email": "bad", "phone": "no digits", "role": "boss", "language": "EN", "id": "x"}
+    response = client.patch(f"{CONTACTS}/{created['id']}", json=payload, headers=tenant.auth)
+    assert response.status_code == 400, response.text
+    assert {e["field"] for e in response.json()["errors"]} == set(payload)
+    assert client.get(f"{CONTACTS}/{created['id']}", headers=tenant.auth).json() == created
+
+
 @pytest.mark.parametrize("raw", ["not json", "[1, 2]", '"a string"', ""])
 def test_create_rejects_a_body_that_is_not_an_object(
     client: TestClient, tenant: TenantFixture, raw: str

@@ -10,7 +10,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
@@ -45,6 +54,17 @@ def _checked(field: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+class _NoIdentity:
+    """Put in place of an absent email and phone of a create, so that pydantic reports the
+    missing identity on both fields beside every other bad field, in one answer."""
+
+
+def _refuse_no_identity(value: Any) -> Any:
+    if isinstance(value, _NoIdentity):
+        raise PydanticCustomError("missing_identity", "a contact needs an email or a phone")
+    return value
+
+
 LanguageCode = Annotated[
     str,
     _checked("language"),
@@ -63,15 +83,17 @@ EmailIn = Annotated[
     str,
     Field(max_length=320, examples=["jane@example.com"], json_schema_extra={"format": "email"}),
     _checked("email"),
+    BeforeValidator(_refuse_no_identity),
 ]
 PhoneIn = Annotated[
     str,
-    _checked("phone"),
     Field(
         max_length=40,
         description="Any common spelling; read in the tenant's region unless it starts with +",
         examples=["+15551234567", "(555) 123-4567"],
     ),
+    _checked("phone"),
+    BeforeValidator(_refuse_no_identity),
 ]
 
 
@@ -99,6 +121,19 @@ class ContactCreate(ApiModel):
     source: Source = "api"
     referral_source: ReferralSource | None = None
     language: LanguageCode = "en"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mark_missing_identity(cls, data: Any) -> Any:
+        """Required: a name and an email or a phone (an empty one is an absent one)."""
+        if not isinstance(data, dict):
+            return data
+        given = [data.get(field) for field in ("email", "phone")]
+        if any(
+            not (value is None or (isinstance(value, str) and not value.strip())) for value in given
+        ):
+            return data
+        return {**data, "email": _NoIdentity(), "phone": _NoIdentity()}
 
 
 class ContactUpdate(ApiModel):

@@ -153,6 +153,8 @@ def test_create_rejects_bad_fields_with_400(
             {"name": "Jane", "email": "bad", "channelPreference": "fax"},
             {"email", "channelPreference"},
         ),
+        ({}, {"name", "email", "phone"}),
+        ({"name": "", "email": " ", "status": "nope"}, {"name", "email", "phone", "status"}),
     ],
 )
 def test_create_names_every_bad_field_at_once(

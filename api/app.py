@@ -23,7 +23,7 @@ from api import (
 from api.body_limit import BodyLimitMiddleware
 from api.bounded import BoundedCalls
 from api.deadline import DeadlineMiddleware
-from api.errors import PROBLEM_JSON, install_error_handlers
+from api.errors import PROBLEM_JSON, RESPONSE_DESCRIPTIONS, install_error_handlers
 from api.parse_pool import ParsePool
 from intake.settings import Settings
 from models.db import Database
@@ -73,7 +73,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _rate_limited_openapi(
+            app.openapi_schema = _api_wide_openapi(
                 _problem_json_openapi(
                     get_openapi(
                         title=app.title,
@@ -132,6 +132,28 @@ def _rate_limited_openapi(schema: dict[str, Any]) -> dict[str, Any]:
                 **ratelimit.RATE_LIMITED_RESPONSE,
                 "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
             }
+    return schema
+
+
+def _api_wide_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Document what any API operation may answer whatever its handler does: the rate limit's
+    429, BodyLimitMiddleware's 413 on those that take a body, and the 503 of a database that
+    does not answer (api/errors.py)."""
+    schema = _rate_limited_openapi(schema)
+    problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith(RATE_LIMITED_PREFIXES):
+            continue
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault(
+                    "413",
+                    {"description": RESPONSE_DESCRIPTIONS[413], "content": problem},
+                )
+            responses.setdefault(
+                "503", {"description": RESPONSE_DESCRIPTIONS[503], "content": problem}
+            )
     return schema
 
 

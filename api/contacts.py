@@ -35,11 +35,10 @@ from models.idempotency import (
 from models.schema import Tenant
 from worker.locks import TenantLocks
 
-router = APIRouter(
-    prefix="/api/v1/contacts",
-    tags=["contacts"],
-    dependencies=[Depends(reject_repeated_query_parameters)],
-)
+router = APIRouter(prefix="/api/v1/contacts", tags=["contacts"])
+# Only the routes that read a query refuse a repeated parameter (a 400 they document); the
+# others read none, so whatever query they are sent changes nothing.
+QUERY_CHECKS = [Depends(reject_repeated_query_parameters)]
 
 PREFIX = router.prefix
 IdempotencyKey = Annotated[
@@ -78,7 +77,9 @@ def _contact_id(raw: str) -> uuid.UUID:
         raise contacts.ContactNotFoundError(raw) from None
 
 
-@router.get("", response_model=ContactList, responses=problem_responses(400, 401))
+@router.get(
+    "", response_model=ContactList, responses=problem_responses(400, 401), dependencies=QUERY_CHECKS
+)
 def list_contacts(
     session: SessionDep, tenant: TenantDep, query: Annotated[ContactListQuery, Query()]
 ) -> ContactList:
@@ -163,6 +164,7 @@ def delete_contact(contact_id: str, session: SessionDep, tenant: TenantDep) -> R
     "/{contact_id}/messages",
     response_model=MessageList,
     responses=problem_responses(400, 401, 404),
+    dependencies=QUERY_CHECKS,
 )
 def list_contact_messages(
     contact_id: str, session: SessionDep, tenant: TenantDep, query: Annotated[PageQuery, Query()]

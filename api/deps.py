@@ -71,8 +71,11 @@ def _tenant(
 TenantDep = Annotated[Tenant, Depends(_tenant)]
 
 
-def reject_repeated_query_parameters(request: Request) -> None:
-    """`?limit=1&limit=50` is ambiguous: a 400 rather than silently taking one of them."""
+def reject_repeated_query_parameters(request: Request, _tenant: TenantDep) -> None:
+    """`?limit=1&limit=50` is ambiguous: a 400 rather than silently taking one of them.
+
+    After the key (the tenant is resolved once per request): a caller without a valid key
+    learns only that, a 401, whatever its query says."""
     repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
     if repeated:
         errors = [{"field": name, "message": "is given more than once"} for name in repeated]

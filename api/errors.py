@@ -92,6 +92,7 @@ RESPONSE_DESCRIPTIONS = {
     409: "Conflict: a duplicate phone or email (`existingContactId`), "
     "the Idempotency-Key is in use by a request in progress, "
     "or a merge that can no longer be undone (`detail` says why)",
+    413: "The request body is over 1 MiB",
     422: "The Idempotency-Key was used with a different body",
     500: "Unexpected error",
     503: "A dependency does not answer",

@@ -10,11 +10,21 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
-from models.contacts import Channel, ContactRole, ContactStatus, Page
+from models.contacts import Channel, ContactRole, ContactStatus, Page, check_field
 from models.languages import ISO_639_1
 from models.schema import Contact, ContactIdentity, ContactMerge, Message
 
@@ -28,20 +38,52 @@ Timestamp = Annotated[
     PlainSerializer(_rfc3339, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+
+
+def _checked(field: str) -> AfterValidator:
+    """The domain's own check of `field` (models.contacts), run while pydantic validates the
+    body: a 400 then names every bad field at once, not only those pydantic's types catch."""
+
+    def check(value: Any) -> Any:
+        try:
+            check_field(field, value)
+        except ValueError as exc:
+            raise PydanticCustomError("invalid_value", str(exc)) from None
+        return value
+
+    return AfterValidator(check)
+
+
+class _NoIdentity:
+    """Put in place of an absent email and phone of a create, so that pydantic reports the
+    missing identity on both fields beside every other bad field, in one answer."""
+
+
+def _refuse_no_identity(value: Any) -> Any:
+    if isinstance(value, _NoIdentity):
+        raise PydanticCustomError("missing_identity", "a contact needs an email or a phone")
+    return value
+
+
 LanguageCode = Annotated[
     str,
+    _checked("language"),
     Field(
         description="ISO 639-1 code",
         examples=["en", "es"],
         json_schema_extra={"enum": sorted(ISO_639_1)},
     ),
 ]
-Name = Annotated[str, Field(min_length=1, max_length=300)]
-Source = Annotated[str, Field(min_length=1, max_length=100)]
-ReferralSource = Annotated[str, Field(max_length=300)]
-# Raw input: the phone is normalized to E.164 and the email lowercased before they are stored.
+Name = Annotated[str, Field(min_length=1, max_length=300), _checked("name")]
+Source = Annotated[str, Field(min_length=1, max_length=100), _checked("source")]
+ReferralSource = Annotated[str, Field(max_length=300), _checked("referral_source")]
+# Raw input: the phone is normalized to E.164 (in the tenant's region) and the email lowercased
+# by models.contacts before they are stored; here they are only checked.
 EmailIn = Annotated[
-    str, Field(max_length=320, examples=["jane@example.com"], json_schema_extra={"format": "email"})
+    str,
+    Field(max_length=320, examples=["jane@example.com"], json_schema_extra={"format": "email"}),
+    _checked("email"),
+    BeforeValidator(_refuse_no_identity),
 ]
 PhoneIn = Annotated[
     str,
@@ -50,6 +92,8 @@ PhoneIn = Annotated[
         description="Any common spelling; read in the tenant's region unless it starts with +",
         examples=["+15551234567", "(555) 123-4567"],
     ),
+    _checked("phone"),
+    BeforeValidator(_refuse_no_identity),
 ]
 
 
@@ -77,6 +121,19 @@ class ContactCreate(ApiModel):
     source: Source = "api"
     referral_source: ReferralSource | None = None
     language: LanguageCode = "en"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mark_missing_identity(cls, data: Any) -> Any:
+        """Required: a name and an email or a phone (an empty one is an absent one)."""
+        if not isinstance(data, dict):
+            return data
+        given = [data.get(field) for field in ("email", "phone")]
+        if any(
+            not (value is None or (isinstance(value, str) and not value.strip())) for value in given
+        ):
+            return data
+        return {**data, "email": _NoIdentity(), "phone": _NoIdentity()}
 
 
 class ContactUpdate(ApiModel):

@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session
 
 from models import identities
 from models.events import record_contact_updated, record_event
-from models.identity import InvalidIdentityError, digits_of, normalize_email, normalize_phone
+from models.identity import (
+    InvalidIdentityError,
+    check_phone_in_any_region,
+    digits_of,
+    normalize_email,
+    normalize_phone,
+)
 from models.languages import is_language_code
 from models.schema import Contact, Message, utcnow
 
@@ -139,22 +145,31 @@ def kept_contacts_of(tenant_id: uuid.UUID) -> Select[Contact]:
 def resolve_contact(
     session: Session, *, tenant_id: uuid.UUID, contact_id: uuid.UUID, for_update: bool = False
 ) -> Contact:
-    """The live contact `contact_id` names: itself, or the survivor it was merged into."""
+    """The live contact `contact_id` names: itself, or the survivor it was merged into.
+
+    With `for_update` the contact is locked; one merged away while we waited for its lock is
+    followed to its survivor (a PATCH racing a merge changes the survivor, it is not a 404).
+    """
     current = contact_id
+    refresh = False
     for _ in range(MAX_MERGE_HOPS):
         statement = kept_contacts_of(tenant_id).where(Contact.id == current)
+        if refresh:  # the session's copy predates the merge we waited for: read it anew
+            statement = statement.execution_options(populate_existing=True)
         contact = session.scalars(statement).one_or_none()
         if contact is None:
             break
         if contact.merged_into_id is None:
-            if for_update:
-                locked = contacts_of(tenant_id).where(Contact.id == current).with_for_update()
-                contact = session.scalars(
-                    locked.execution_options(populate_existing=True)
-                ).one_or_none()
-                if contact is None:  # merged or deleted between the two reads
-                    break
-            return contact
+            if not for_update:
+                return contact
+            locked = contacts_of(tenant_id).where(Contact.id == current).with_for_update()
+            locked_contact = session.scalars(
+                locked.execution_options(populate_existing=True)
+            ).one_or_none()
+            if locked_contact is not None:
+                return locked_contact
+            refresh = True  # merged or deleted between the two reads: look again
+            continue
         current = contact.merged_into_id
     raise ContactNotFoundError(contact_id)
 
@@ -373,8 +388,9 @@ def delete_contact(
     contact.updated_at = now
     session.flush()
     identities.retire_identities(session, tenant_id=tenant_id, contact_id=contact.id, now=now)
+    # The contact deleted, not the id asked for: a merged-away id names its survivor.
     record_event(
-        session, tenant_id=tenant_id, type="contact.deleted", data={"contactId": str(contact_id)}
+        session, tenant_id=tenant_id, type="contact.deleted", data={"contactId": str(contact.id)}
     )
 
 
@@ -452,7 +468,14 @@ def _validated(raw: Mapping[str, Any], *, region: str) -> dict[str, Any]:
     return values
 
 
-def _clean(field: str, value: Any, *, region: str) -> Any:
+def check_field(field: str, value: Any) -> None:
+    """Raise ValueError (saying why) for a value `field` can never take, whatever the tenant's
+    region: for the API's schemas, so that one answer names every bad field of a body."""
+    _clean(field, value, region=None)
+
+
+def _clean(field: str, value: Any, *, region: str | None) -> Any:
+    """`value` checked and in stored form; `region` None checks only what needs no region."""
     if value is not None and not isinstance(value, str):
         raise ValueError("must be a string")
     text = value.strip() if isinstance(value, str) else None
@@ -465,7 +488,12 @@ def _clean(field: str, value: Any, *, region: str) -> Any:
         if not text:
             return None  # an empty email or phone is an absent one
         try:
-            return normalize_phone(text, region) if field == "phone" else normalize_email(text)
+            if field == "email":
+                return normalize_email(text)
+            if region is None:
+                check_phone_in_any_region(text)
+                return text
+            return normalize_phone(text, region)
         except InvalidIdentityError as exc:
             raise ValueError(str(exc)) from None
     elif field in ("status", "role"):

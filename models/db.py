@@ -38,6 +38,10 @@ def _postgres_connect_args() -> dict[str, Any]:
     }
 
 
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine tuned for its backend: WAL and a busy timeout on SQLite; pre-ping and the
     timeouts above on servers."""
@@ -53,6 +57,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            # SQLite's own lower() folds ASCII only, so ILIKE (lower() on both sides) would find
+            # "Élodie" for "élodie" on PostgreSQL but not here: Python's str.lower folds all of
+            # Unicode, as PostgreSQL does.
+            dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin_immediate(conn: Any) -> None:

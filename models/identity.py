@@ -32,6 +32,18 @@ def normalize_phone(raw: str, region: str = "US", *, international: bool = False
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def check_phone_in_any_region(raw: str) -> None:
+    """Refuse what is a phone number in no region: no digit at all, or an international number
+    (`+…`) that is not possible. A national number needs its region: normalize_phone checks it.
+    """
+    text = raw.strip()
+    if not text.startswith("+"):
+        if not any(ch.isdigit() for ch in text):
+            raise InvalidIdentityError(f"not a phone number: {raw!r}")
+        return
+    normalize_phone(text)  # the region is not read for a number that starts with +
+
+
 def normalize_email(raw: str) -> str:
     """The address validated (syntax only, no DNS) and lowercased whole, as it is stored."""
     try:

@@ -1,4 +1,5 @@
-"""Creates racing each other through a real server on PostgreSQL: one winner, no duplicates."""
+"""Writes racing each other through a real server on PostgreSQL: one winner, no duplicates, and
+a write that waited on a merge lands on the survivor."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
+from models import merges
 from models.db import Database
 from models.schema import Contact, ContactIdentity
 from tests.api.conftest import CONTACTS, unique_phone
 from tests.factories import TenantFixture
+from tests.support import wait_for
 
 pytestmark = pytest.mark.postgres_only
 
@@ -120,3 +123,60 @@ def test_simultaneous_patches_giving_one_email_to_many_contacts(
             )
         )
         assert [str(h) for h in holders] == [winner]
+
+
+def _someone_waits_on_a_lock(db: Database) -> bool:
+    with db.engine.connect() as connection:
+        waiting = connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        ).scalar_one()
+    return bool(waiting)
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "expected"),
+    [("PATCH", {"role": "vendor"}, 200), ("DELETE", None, 204)],
+)
+def test_a_write_waiting_on_a_merge_lands_on_the_survivor(
+    live_server: str,
+    db: Database,
+    tenant: TenantFixture,
+    method: str,
+    body: dict[str, str] | None,
+    expected: int,
+) -> None:
+    """A PATCH or DELETE of a contact being merged away waits for the merge, then acts on the
+    survivor (never a 404 for an id that resolves)."""
+    with httpx.Client(base_url=live_server, headers=tenant.auth, timeout=30) as client:
+        survivor = client.post(CONTACTS, json={"name": "Keep", "phone": unique_phone()}).json()
+        merged = client.post(CONTACTS, json={"name": "Gone", "phone": unique_phone()}).json()
+    with db.unit_of_work() as session, ThreadPoolExecutor(max_workers=1) as pool:
+        # The merge holds both rows locked until this block commits.
+        merges.merge_contacts(
+            session,
+            tenant_id=tenant.id,
+            survivor_id=uuid.UUID(survivor["id"]),
+            merged_id=uuid.UUID(merged["id"]),
+            reason=merges.API_REASON,
+        )
+        future = pool.submit(
+            httpx.request,
+            method,
+            f"{live_server}{CONTACTS}/{merged['id']}",
+            json=body,
+            headers=tenant.auth,
+            timeout=30,
+        )
+        wait_for(lambda: _someone_waits_on_a_lock(db), what="the write to wait on the merge")
+        session.commit()
+        response = future.result(timeout=30)
+    assert response.status_code == expected, response.text
+    after = httpx.get(f"{live_server}{CONTACTS}/{survivor['id']}", headers=tenant.auth)
+    if method == "PATCH":
+        assert response.json()["id"] == survivor["id"]
+        assert after.json()["role"] == "vendor"
+    else:
+        assert after.status_code == 404

@@ -140,6 +140,43 @@ def test_create_rejects_bad_fields_with_400(
     assert all(e["message"] for e in problem["errors"])
 
 
+@pytest.mark.parametrize(
+    ("payload", "fields"),
+    [
+        (
+            {"name": "", "email": "bad", "phone": "abc", "status": "nope", "language": "xx"},
+            {"name", "email", "phone", "status", "language"},
+        ),
+        ({"email": "bad", "phone": "+1 999", "id": "x"}, {"name", "email", "phone", "id"}),
+        ({"name": "   ", "email": "a@example.com", "role": "boss"}, {"name", "role"}),
+        (
+            {"name": "Jane", "email": "bad", "channelPreference": "fax"},
+            {"email", "channelPreference"},
+        ),
+        ({}, {"name", "email", "phone"}),
+        ({"name": "", "email": " ", "status": "nope"}, {"name", "email", "phone", "status"}),
+    ],
+)
+def test_create_names_every_bad_field_at_once(
+    client: TestClient, tenant: TenantFixture, payload: dict[str, object], fields: set[str]
+) -> None:
+    """A body with several bad fields is one 400 whose errors name each of them, not only the
+    first kind of mistake found."""
+    response = client.post(CONTACTS, json=payload, headers=tenant.auth)
+    assert response.status_code == 400, response.text
+    assert {e["field"] for e in response.json()["errors"]} == fields
+
+
+def test_update_names_every_bad_field_at_once(client: TestClient, tenant: TenantFixture) -> None:
+    """A PATCH with several bad values names each, and changes nothing."""
+    created = create(client, tenant)
+    payload = {"email": "bad", "phone": "no digits", "role": "boss", "language": "EN", "id": "x"}
+    response = client.patch(f"{CONTACTS}/{created['id']}", json=payload, headers=tenant.auth)
+    assert response.status_code == 400, response.text
+    assert {e["field"] for e in response.json()["errors"]} == set(payload)
+    assert client.get(f"{CONTACTS}/{created['id']}", headers=tenant.auth).json() == created
+
+
 @pytest.mark.parametrize("raw", ["not json", "[1, 2]", '"a string"', ""])
 def test_create_rejects_a_body_that_is_not_an_object(
     client: TestClient, tenant: TenantFixture, raw: str
@@ -536,6 +573,15 @@ def test_search_matches_name_email_and_phone(client: TestClient, tenant: TenantF
     assert ids("+1212555") == {bob["id"]}
     assert ids("example") == {jane["id"], bob["id"]}
     assert ids("nobody") == set()
+
+
+def test_search_folds_case_beyond_ascii(client: TestClient, tenant: TenantFixture) -> None:
+    """search ignores case in any script, on SQLite as on PostgreSQL: 'élodie' finds 'Élodie'."""
+    elodie = create(client, tenant, name="Élodie Ünal", email="elodie@example.com")
+    create(client, tenant, name="Eloise Unger", email="eloise@example.com")
+    for term in ("élodie", "ÉLODIE", "ünal", "ÜNAL", "Élodie Ü"):
+        data = client.get(CONTACTS, params={"search": term}, headers=tenant.auth).json()["data"]
+        assert [c["id"] for c in data] == [elodie["id"]], term
 
 
 def test_search_matches_phone_digits(client: TestClient, tenant: TenantFixture) -> None:

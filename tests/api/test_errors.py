@@ -67,12 +67,41 @@ def test_revoked_key_is_401(client: TestClient, db: Database, tenant: TenantFixt
         ("PATCH", f"{CONTACTS}/x"),
         ("DELETE", f"{CONTACTS}/x"),
         ("GET", f"{CONTACTS}/x/messages"),
+        ("POST", f"{CONTACTS}/x/merge"),
+        ("GET", f"{CONTACTS}/x/identities"),
+        ("GET", f"{CONTACTS}/x/merges"),
+        ("POST", f"{CONTACTS}/x/merges/y/undo"),
     ],
 )
 def test_every_contacts_route_needs_a_key(client: TestClient, method: str, path: str) -> None:
     """Each route of the Contacts API answers 401 without a key."""
     response = client.request(method, path, json={"name": "x", "email": "a@example.com"})
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"{CONTACTS}?limit=1&limit=2",
+        f"{CONTACTS}?limit=abc",
+        f"{CONTACTS}/x/messages?page=1&page=2",
+        "/api/v1/events?limit=1&limit=2",
+        "/api/v1/webhook-endpoints?x=1&x=2",
+    ],
+)
+def test_a_bad_query_without_a_key_is_401(client: TestClient, url: str) -> None:
+    """Without a valid key the answer is a 401, whatever is wrong with the query as well."""
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers={"Authorization": "Bearer intk_wrong"}).status_code == 401
+
+
+def test_a_route_without_a_query_ignores_one(client: TestClient, tenant: TenantFixture) -> None:
+    """A route that reads no query (get by id) is not made a 400 by a repeated parameter."""
+    created = client.post(
+        CONTACTS, json={"name": "Q", "email": "q@example.com"}, headers=tenant.auth
+    ).json()
+    response = client.get(f"{CONTACTS}/{created['id']}?x=1&x=2", headers=tenant.auth)
+    assert (response.status_code, response.json()["id"]) == (200, created["id"])
 
 
 def test_unknown_route_is_404_problem(client: TestClient) -> None:

@@ -108,7 +108,7 @@ def test_schema_documents_problem_json_and_no_422_validation(client: TestClient)
                         code,
                     )
     create = document["paths"]["/api/v1/contacts"]["post"]
-    assert set(create["responses"]) == {"201", "400", "401", "409", "422", "429"}
+    assert set(create["responses"]) == {"201", "400", "401", "409", "413", "422", "429", "503"}
     assert "422" not in document["paths"]["/api/v1/contacts"]["get"]["responses"]
 
 
@@ -141,3 +141,19 @@ def test_schema_names_fields_enums_and_the_idempotency_header(client: TestClient
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     unauthorized = document["paths"]["/api/v1/contacts"]["get"]["responses"]["401"]
     assert "WWW-Authenticate" in unauthorized["headers"]
+
+
+def test_schema_documents_the_body_limit_and_an_unavailable_database(client: TestClient) -> None:
+    """Every API operation that takes a body documents the 413, and every one the 503."""
+    document = client.get("/openapi.json").json()
+    api = [
+        (path, method, operation)
+        for path, methods in document["paths"].items()
+        if path.startswith("/api/")
+        for method, operation in methods.items()
+    ]
+    with_body = [(p, m) for p, m, op in api if "requestBody" in op]
+    assert ("/api/v1/contacts/{contact_id}/merge", "post") in with_body
+    assert ("/api/v1/contacts/{contact_id}", "patch") in with_body
+    assert all("413" in op["responses"] for _, _, op in api if "requestBody" in op)
+    assert all("503" in op["responses"] for _, _, op in api)

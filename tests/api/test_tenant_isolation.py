@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from models.db import Database
@@ -89,3 +90,73 @@ def test_idempotency_replay_never_crosses_tenants(
     mine = client.post(CONTACTS, json=body, headers={**tenant.auth, "Idempotency-Key": "k"})
     assert mine.status_code == 201
     assert mine.json()["id"] != theirs["id"]
+
+
+def test_every_contact_route_refuses_another_tenants_ids(
+    app: FastAPI,
+    client: TestClient,
+    db: Database,
+    tenant: TenantFixture,
+    other_tenant: TenantFixture,
+) -> None:
+    """Every route under /contacts/{id}, given another tenant's live contact, merged-away contact
+    or merge, is a 404 that reveals nothing and changes nothing; a new route fails this test
+    until it is covered here."""
+    theirs = create(client, other_tenant, name="Secret Live", phone=unique_phone())
+    gone = create(client, other_tenant, name="Secret Gone", email=unique_email())
+    merged = client.post(
+        f"{CONTACTS}/{theirs['id']}/merge",
+        json={"contactId": gone["id"]},
+        headers=other_tenant.auth,
+    )
+    assert merged.status_code == 200
+    make_message(db, other_tenant.id, uuid.UUID(theirs["id"]), body="private words")
+    theirs_before = client.get(f"{CONTACTS}/{theirs['id']}", headers=other_tenant.auth).json()
+    [record] = client.get(f"{CONTACTS}/{theirs['id']}/merges", headers=other_tenant.auth).json()[
+        "data"
+    ]
+    mine = create(client, tenant, name="Mine", email=unique_email())
+    foreign = [theirs["id"], gone["id"]]  # live, and merged away (resolves only for them)
+    calls: dict[tuple[str, str], list[tuple[str, dict[str, str] | None]]] = {
+        ("GET", "/{contact_id}"): [(f"/{i}", None) for i in foreign],
+        ("PATCH", "/{contact_id}"): [(f"/{i}", {"name": "Hijacked"}) for i in foreign],
+        ("DELETE", "/{contact_id}"): [(f"/{i}", None) for i in foreign],
+        ("GET", "/{contact_id}/messages"): [(f"/{i}/messages", None) for i in foreign],
+        ("GET", "/{contact_id}/identities"): [(f"/{i}/identities", None) for i in foreign],
+        ("GET", "/{contact_id}/merges"): [(f"/{i}/merges", None) for i in foreign],
+        ("POST", "/{contact_id}/merge"): [
+            *((f"/{i}/merge", {"contactId": mine["id"]}) for i in foreign),
+            *((f"/{mine['id']}/merge", {"contactId": i}) for i in foreign),
+        ],
+        ("POST", "/{contact_id}/merges/{merge_id}/undo"): [
+            *((f"/{i}/merges/{record['id']}/undo", None) for i in foreign),
+            (f"/{mine['id']}/merges/{record['id']}/undo", None),
+        ],
+    }
+    # The routes as the published document lists them (what an outside client sees).
+    routes = {
+        (method.upper(), path.removeprefix(CONTACTS))
+        for path, methods in app.openapi()["paths"].items()
+        if path.startswith(f"{CONTACTS}/{{contact_id}}")
+        for method in methods
+    }
+    assert routes == set(calls)
+    for (method, _), requests in calls.items():
+        for suffix, body in requests:
+            response = client.request(method, f"{CONTACTS}{suffix}", json=body, headers=tenant.auth)
+            assert response.status_code == 404, (method, suffix, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            for secret in ("Secret", "private", theirs["phone"], gone["email"], *foreign):
+                assert secret not in response.text, (method, suffix)
+    assert client.get(f"{CONTACTS}/{theirs['id']}", headers=other_tenant.auth).json() == (
+        theirs_before
+    )
+    assert (
+        client.get(f"{CONTACTS}/{gone['id']}", headers=other_tenant.auth).json()["id"]
+        == (theirs["id"])
+    )
+    after = client.get(f"{CONTACTS}/{theirs['id']}/merges", headers=other_tenant.auth).json()
+    assert after["data"] == [record]
+    mine_after = client.get(f"{CONTACTS}/{mine['id']}", headers=tenant.auth).json()
+    assert mine_after["name"] == "Mine"
+    assert client.get(f"{CONTACTS}/{mine['id']}/merges", headers=tenant.auth).json()["data"] == []

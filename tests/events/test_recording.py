@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from models import contacts
+from models import contacts, merges
 from models.db import Database
 from models.events import (
     UnknownEventTypeError,
@@ -48,6 +48,24 @@ def test_create_update_delete_each_write_one_event(db: Database) -> None:
     assert [e.sequence for e in events] == [1, 2, 3]
     assert all(e.data["contactId"] == str(contact_id) for e in events)
     assert events[1].data["changed"] == ["channelPreference", "status"]
+
+
+def test_delete_through_a_merged_id_names_the_survivor(db: Database) -> None:
+    """contact.deleted names the contact deleted: the survivor, when asked by a merged-away id."""
+    tenant = make_tenant(db)
+    survivor_id, merged_id = _create(db, tenant.id), _create(db, tenant.id)
+    with db.unit_of_work() as session:
+        merges.merge_contacts(
+            session,
+            tenant_id=tenant.id,
+            survivor_id=survivor_id,
+            merged_id=merged_id,
+            reason=merges.API_REASON,
+        )
+    with db.unit_of_work() as session:
+        contacts.delete_contact(session, tenant_id=tenant.id, contact_id=merged_id)
+    [deleted] = [e for e in events_of(db, tenant.id) if e.type == "contact.deleted"]
+    assert deleted.data == {"contactId": str(survivor_id)}
 
 
 def test_update_that_changes_nothing_writes_no_event(db: Database) -> None:

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
@@ -121,7 +122,7 @@ def cmd_tenant_configure(settings: Settings, args: argparse.Namespace) -> None:
             )
             previous = dict(tenant.previous_secrets or {})
     except (InvalidTenantSettingError, TenantNotFoundError, PhoneNumberIdError) as exc:
-        raise CommandError(str(exc).strip("'\"")) from None
+        raise CommandError(str(exc)) from None
     print(f"configured {', '.join(sorted(values))} for tenant {args.tenant_id}")
     for name in sorted(set(values) & set(previous) if keep else ()):
         print(f"the previous {name} stays valid until {previous[name]['expires_at']}")
@@ -303,12 +304,20 @@ def _redacted(url: str) -> str:
         return "<database url>"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr like every other error (argparse
+    prints the whole usage first); subcommands inherit the class, so theirs are too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="intake", description=__doc__)
+    parser = _Parser(prog="intake", description=__doc__)
     parser.add_argument("--log-json", action="store_true", help="one JSON object a log line")
     # Accepted after the command too (`intake serve --log-json`); SUPPRESS keeps an absent
     # flag there from undoing one given before the command.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -113,6 +113,32 @@ def test_bad_input_is_a_one_line_error(db: Database, args: tuple[str, ...], frag
     assert_one_line_error(intake(*args, database_url=db.url), fragment)
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("serve", "--port", "abc"), "invalid int value: 'abc'"),
+        (("tenant", "configure", str(uuid.uuid4()), "--keep-previous"), "expected one argument"),
+        (("bogus",), "invalid choice: 'bogus'"),
+        (("key", "create"), "the following arguments are required: tenant_id"),
+        ((), "the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_error_is_a_one_line_error(args: tuple[str, ...], fragment: str) -> None:
+    """A usage mistake argparse catches is one line on stderr too, not the usage text."""
+    result = intake(*args, database_url="sqlite:///unused.db")
+    assert result.returncode == 2
+    assert_one_line_error(result, fragment)
+
+
+def test_phone_number_id_error_keeps_its_quotes(db: Database) -> None:
+    """A refused phone number id is quoted whole in the error line."""
+    created = json.loads(intake("tenant", "create", "T", "--json", database_url=db.url).stdout)
+    result = intake(
+        "tenant", "configure", created["id"], "whatsapp_phone_number_id=abc", database_url=db.url
+    )
+    assert_one_line_error(result, "not 'abc'")
+
+
 def test_unknown_configure_key_is_refused(db: Database) -> None:
     """An unknown secret name is refused and nothing is stored."""
     created = json.loads(intake("tenant", "create", "T", "--json", database_url=db.url).stdout)

@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         name: str,
         handler: Callable[[Settings, argparse.Namespace], None],
         help_: str,
-        parent: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
+        parent: argparse._SubParsersAction[_Parser] = commands,
     ) -> argparse.ArgumentParser:
         sub = parent.add_parser(name, help=help_, parents=[common])
         sub.set_defaults(handler=handler)

@@ -228,3 +228,24 @@ def test_every_log_call_names_an_event_and_passes_its_fields_as_fields() -> None
                     offenders.append(f"{path.relative_to(REPO)}:{call.lineno}")
     assert calls >= 18  # the scan would prove nothing if it found no calls
     assert offenders == []
+
+
+def test_outbound_request_urls_are_not_logged() -> None:
+    """httpx's INFO line with a receiver's full URL (and the token in it) is not logged."""
+    script = (
+        "import logging, httpx\n"
+        "from intake.logs import configure_logging\n"
+        "configure_logging(json_lines=True)\n"
+        "logging.getLogger('httpx').info('HTTP Request: POST https://crm.example.com/h?token=s3cr')\n"
+        "logging.getLogger('intake.probe').info('probe.logged')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "s3cr" not in result.stderr
+    assert [json.loads(line)["event"] for line in result.stderr.splitlines()] == ["probe.logged"]

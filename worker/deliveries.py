@@ -241,9 +241,7 @@ def _send_in_order(
             )
             extend_lease(session, endpoint_id=delivery.endpoint_id, until=utcnow() + LEASE)
         log.info(
-            "webhook.attempt endpoint=%s outcome=%s",
-            delivery.endpoint_id,
-            attempt.outcome,
+            "webhook.attempt",
             extra={
                 "endpoint_id": str(delivery.endpoint_id),
                 "delivery_id": str(delivery.delivery_id),
@@ -307,7 +305,7 @@ class DeliveryPump:
             try:
                 pump_once(self._db, self._app)
             except Exception as exc:  # the pump must outlive a database or broker outage
-                log.warning("delivery.pump_failed error=%s", type(exc).__name__)
+                log.warning("delivery.pump_failed", extra={"error": type(exc).__name__})
 
 
 def redeliver(db: Database, *, delivery_ids: list[uuid.UUID]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -54,11 +55,37 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> None:
     print(f"schema is at head on {_redacted(settings.database_url)}")
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port to listen on."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, not {port}")
+    return port
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind and release the address first, so that a host that does not resolve or a port in
+    use is one line from us rather than uvicorn's start-up lines followed by its error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CommandError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
 
+    _check_can_listen(args.host, args.port)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
 
 
@@ -75,6 +102,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
     from intake.dev import run_dev
 
+    _check_can_listen(args.host, args.port)
     run_dev(settings, host=args.host, port=args.port)
 
 
@@ -338,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = add(name, handler, help_)
         sub.add_argument("--host", default="127.0.0.1")
-        sub.add_argument("--port", type=int, default=8000)
+        sub.add_argument("--port", type=_port, default=8000)
     worker = add("worker", cmd_worker, "a Celery worker that ingests queued messages")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument(

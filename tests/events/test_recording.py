@@ -234,3 +234,17 @@ def test_attested_merge_in_one_batch_comes_after_the_merged_contacts_creation(
     )
     assert first_naming_away.type == "contact.created"
     assert first_naming_away.sequence < merged[0].sequence
+
+
+def test_messages_of_one_request_are_ingested_in_their_order(db: Database) -> None:
+    """Several messages stored together (one POST, one group commit) are handled, and their
+    message.received events numbered, in the order they came, not by their random row ids."""
+    tenant = make_tenant(db)
+    messages = [
+        inbound("whatsapp", sender_id="15550001111", provider_message_id=f"wamid.{n}")
+        for n in range(8)
+    ]
+    store(db, tenant.id, *messages)
+    assert drain(db, tenant.id).handled == 8
+    received = [e for e in events_of(db, tenant.id) if e.type == "message.received"]
+    assert [e.data["providerMessageId"] for e in received] == [f"wamid.{n}" for n in range(8)]

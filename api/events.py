@@ -58,7 +58,9 @@ def read_events(
     page = list_events(
         session,
         tenant_id=tenant.id,
-        after=query.after,
+        # `after=` with nothing after it is a first page from a client that always sends the
+        # parameter, not a cursor: it reads from the start, as no `after` does.
+        after=query.after or None,
         limit=min(query.limit, MAX_LIMIT),
         types=types,
         retention_days=request.app.state.settings.events_retention_days,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
@@ -53,11 +55,37 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> None:
     print(f"schema is at head on {_redacted(settings.database_url)}")
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port to listen on."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, not {port}")
+    return port
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind and release the address first, so that a host that does not resolve or a port in
+    use is one line from us rather than uvicorn's start-up lines followed by its error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CommandError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
 
+    _check_can_listen(args.host, args.port)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
 
 
@@ -74,6 +102,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
     from intake.dev import run_dev
 
+    _check_can_listen(args.host, args.port)
     run_dev(settings, host=args.host, port=args.port)
 
 
@@ -121,7 +150,7 @@ def cmd_tenant_configure(settings: Settings, args: argparse.Namespace) -> None:
             )
             previous = dict(tenant.previous_secrets or {})
     except (InvalidTenantSettingError, TenantNotFoundError, PhoneNumberIdError) as exc:
-        raise CommandError(str(exc).strip("'\"")) from None
+        raise CommandError(str(exc)) from None
     print(f"configured {', '.join(sorted(values))} for tenant {args.tenant_id}")
     for name in sorted(set(values) & set(previous) if keep else ()):
         print(f"the previous {name} stays valid until {previous[name]['expires_at']}")
@@ -303,12 +332,20 @@ def _redacted(url: str) -> str:
         return "<database url>"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr like every other error (argparse
+    prints the whole usage first); subcommands inherit the class, so theirs are too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="intake", description=__doc__)
+    parser = _Parser(prog="intake", description=__doc__)
     parser.add_argument("--log-json", action="store_true", help="one JSON object a log line")
     # Accepted after the command too (`intake serve --log-json`); SUPPRESS keeps an absent
     # flag there from undoing one given before the command.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -316,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         name: str,
         handler: Callable[[Settings, argparse.Namespace], None],
         help_: str,
-        parent: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
+        parent: argparse._SubParsersAction[_Parser] = commands,
     ) -> argparse.ArgumentParser:
         sub = parent.add_parser(name, help=help_, parents=[common])
         sub.set_defaults(handler=handler)
@@ -329,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = add(name, handler, help_)
         sub.add_argument("--host", default="127.0.0.1")
-        sub.add_argument("--port", type=int, default=8000)
+        sub.add_argument("--port", type=_port, default=8000)
     worker = add("worker", cmd_worker, "a Celery worker that ingests queued messages")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument(

@@ -118,11 +118,15 @@ def _wait_for_ingestion(db: Database) -> None:
             stats = pipeline_stats(session)
         done = sum(n for (_, state), n in stats.messages.items() if state != "pending")
         progress = f"{done}/{sum(stats.messages.values())}"
-        if progress != shown:
+        # A terminal sees the count move on one line; a pipe or a log file gets the end only,
+        # not a run of carriage returns.
+        if progress != shown and sys.stdout.isatty():
             sys.stdout.write(f"\rIngesting: {progress} messages handled")
             sys.stdout.flush()
             shown = progress
         if stats.pending == 0:
+            if not sys.stdout.isatty():
+                sys.stdout.write(f"Ingesting: {progress} messages handled")
             _say()
             return
         if time.monotonic() > deadline:

@@ -63,5 +63,9 @@ def configure_logging(*, json_lines: bool, level: int = logging.INFO) -> None:
     # Access logs would print full URLs and client addresses for every webhook; our own
     # events say what happened, with the request id.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every outbound webhook request at INFO with its whole URL, and a receiver's
+    # URL often carries its own token (`?token=…`); our webhook.attempt line says what was sent.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Alembic announces each of its plugins at INFO on import; the migrations it runs still log.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -271,9 +271,11 @@ def record_ingestion_events(
     created: Sequence[uuid.UUID],
     updated: Mapping[uuid.UUID, Iterable[str]],
     received: Sequence[ReceivedMessage],
+    merged: Sequence[NewEvent] = (),
 ) -> None:
-    """A worker batch's events in one insert: contacts made, contacts filled in, then each
-    message recorded. The batch passes what it already holds, so nothing is read back."""
+    """A worker batch's events in one insert: contacts made, contacts filled in, each message
+    recorded, then the batch's merges (after the creation of any contact they merge away).
+    The batch passes what it already holds, so nothing is read back."""
     events = [NewEvent("contact.created", {"contactId": str(c)}) for c in created]
     for contact_id, fields in updated.items():
         if fields:
@@ -295,6 +297,7 @@ def record_ingestion_events(
         if include_body:
             data["body"] = message.body
         events.append(NewEvent("message.received", data))
+    events.extend(merged)
     record_events(session, tenant_id=tenant_id, events=events)
 
 

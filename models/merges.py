@@ -29,7 +29,7 @@ from models.contacts import (
     kept_contacts_of,
     resolve_contact,
 )
-from models.events import camel_name, record_event
+from models.events import NewEvent, camel_name, record_event
 from models.schema import Contact, ContactIdentity, ContactMerge, Message, utcnow
 
 API_REASON = "api"
@@ -92,8 +92,13 @@ def merge_contacts(
     merged_id: uuid.UUID,
     reason: str,
     now: datetime | None = None,
+    deferred_events: list[NewEvent] | None = None,
 ) -> ContactMerge:
-    """Merge `merged_id` into `survivor_id` (both live contacts of the tenant) and record it."""
+    """Merge `merged_id` into `survivor_id` (both live contacts of the tenant) and record it.
+
+    With `deferred_events`, the contact.merged event is appended there instead of written:
+    a worker batch writes it after the batch's own contact.created events, so a feed never
+    names a contact as merged before it has told of its creation."""
     if survivor_id == merged_id:
         raise SameContactError(survivor_id)
     locked = _lock_live(session, tenant_id=tenant_id, contact_ids=[survivor_id, merged_id])
@@ -124,11 +129,9 @@ def merge_contacts(
     )
     session.add(record)
     session.flush()
-    record_event(
-        session,
-        tenant_id=tenant_id,
-        type="contact.merged",
-        data={
+    event = NewEvent(
+        "contact.merged",
+        {
             "contactId": str(survivor.id),
             "mergedContactId": str(merged.id),
             "mergeId": str(record.id),
@@ -136,6 +139,10 @@ def merge_contacts(
             "gained": sorted(map(camel_name, gained)),
         },
     )
+    if deferred_events is None:
+        record_event(session, tenant_id=tenant_id, type=event.type, data=event.data)
+    else:
+        deferred_events.append(event)
     return record
 
 

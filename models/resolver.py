@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from models import identities, merges
 from models.contacts import MAX_LENGTHS, ContactRole, ContactStatus
+from models.events import NewEvent
 from models.identities import Key
 from models.identity import phone_variants
 from models.languages import is_language_code
@@ -159,6 +160,8 @@ class ResolveOutcome:
     merges: int = 0
     created: list[uuid.UUID] = field(default_factory=list)
     updated: dict[uuid.UUID, set[str]] = field(default_factory=dict)  # contact -> fields
+    # contact.merged events of the batch, for the caller to write after its contact.created
+    merged: list[NewEvent] = field(default_factory=list)
 
 
 class _Index:
@@ -494,6 +497,7 @@ def _link_alone(
                 merged_id=other.id,
                 reason=_reason(sender, key_of[later]),
                 now=index.now,
+                deferred_events=outcome.merged,
             )
             outcome.merges += 1
         index.absorb(session, survivor.id, [o.id for o in others])

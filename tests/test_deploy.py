@@ -97,3 +97,25 @@ def test_app_spools_to_a_volume(config: dict[str, Any]) -> None:
     sources = [m["source"] for m in mounts if m["target"] == spool_dir]
     assert sources, app["volumes"]
     assert sources[0] in config["volumes"]
+
+
+def test_shared_whatsapp_route_secrets_reach_the_app() -> None:
+    """INTAKE_WHATSAPP_APP_SECRET and _VERIFY_TOKEN set for `docker compose up` reach the app,
+    as README's shared-route section tells the operator to set them."""
+    env = {
+        **os.environ,
+        "INTAKE_WHATSAPP_APP_SECRET": "app-secret",
+        "INTAKE_WHATSAPP_VERIFY_TOKEN": "verify-token",
+    }
+    result = subprocess.run(
+        [*compose_command(), "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    environment = yaml.safe_load(result.stdout)["services"]["app"]["environment"]
+    assert environment["INTAKE_WHATSAPP_APP_SECRET"] == "app-secret"
+    assert environment["INTAKE_WHATSAPP_VERIFY_TOKEN"] == "verify-token"

@@ -160,12 +160,13 @@ def test_worker_logs_json_with_the_webhooks_request_id(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_")}
     env.update(PYTHONPATH=str(REPO), INTAKE_DATABASE_URL=database_url, INTAKE_BROKER_URL=broker_url)
     stderr_path = tmp_path / "worker.stderr"
-    with stderr_path.open("wb") as stderr:
+    stdout_path = tmp_path / "worker.stdout"
+    with stderr_path.open("wb") as stderr, stdout_path.open("wb") as stdout:
         worker = subprocess.Popen(
             [sys.executable, "-m", "intake", "--log-json", "worker"],
             env=env,
             cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=stderr,
             start_new_session=True,
         )
@@ -197,6 +198,14 @@ def test_worker_logs_json_with_the_webhooks_request_id(tmp_path: Path) -> None:
     [line] = [e for e in entries if e["event"] == "ingest.message_handled"]
     assert line["request_id"] == request_id
     assert any(e["logger"].startswith("celery") for e in entries)
+    # No Celery banner on stdout. Celery's signal handler writes one plain line there on
+    # shutdown, straight to sys.__stdout__, past logging: the only non-JSON line left.
+    plain = [
+        line
+        for line in stdout_path.read_text().splitlines()
+        if line.strip() and not line.startswith("{")
+    ]
+    assert plain in ([], ["worker: Warm shutdown (MainProcess)"])
 
 
 def _log_calls(tree: ast.AST) -> list[ast.Call]:
@@ -228,3 +237,24 @@ def test_every_log_call_names_an_event_and_passes_its_fields_as_fields() -> None
                     offenders.append(f"{path.relative_to(REPO)}:{call.lineno}")
     assert calls >= 18  # the scan would prove nothing if it found no calls
     assert offenders == []
+
+
+def test_outbound_request_urls_are_not_logged() -> None:
+    """httpx's INFO line with a receiver's full URL (and the token in it) is not logged."""
+    script = (
+        "import logging, httpx\n"
+        "from intake.logs import configure_logging\n"
+        "configure_logging(json_lines=True)\n"
+        "logging.getLogger('httpx').info('HTTP Request: POST https://crm.example.com/h?token=s3cr')\n"
+        "logging.getLogger('intake.probe').info('probe.logged')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "s3cr" not in result.stderr
+    assert [json.loads(line)["event"] for line in result.stderr.splitlines()] == ["probe.logged"]

@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -202,6 +202,11 @@ def store_batch(
             if key not in rows:
                 rows[key] = row
                 owner[row["id"]] = i
+    # A microsecond apart in arrival order: drains take the oldest first, ordered by
+    # accepted_at then id, and a random id must not reorder one request's messages (a WhatsApp
+    # POST carrying several) or the requests of one group commit.
+    for n, row in enumerate(rows.values()):
+        row["accepted_at"] = now + timedelta(microseconds=n)
     new_ids: list[list[uuid.UUID]] = [[] for _ in requests]
     if rows:
         for row_id in _insert_ignoring_conflicts(

@@ -91,6 +91,7 @@ def _resolve(
                 _received(inbound[message_id], message_id, contact_id)
                 for message_id, contact_id in resolved.handled.items()
             ],
+            merged=resolved.merged,
         )
     outcome.handled += len(resolved.handled)
     outcome.contacts_created += resolved.contacts_created

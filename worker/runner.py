@@ -22,6 +22,12 @@ def _node_name(kind: str) -> str:
     return f"intake-{kind}-{os.getpid()}@{socket.gethostname()}"
 
 
+def _banner_option(settings: Settings) -> list[str]:
+    # Celery prints a multi-line ASCII banner on stdout at start; under --log-json every line
+    # must be a JSON object (`docker compose logs` mixes stdout and stderr), so it is left out.
+    return ["--quiet"] if settings.log_json else []
+
+
 def run_worker(settings: Settings, *, concurrency: int, deliveries: bool = False) -> None:
     """A Celery worker in this process until it is stopped (SIGTERM: warm shutdown).
 
@@ -42,6 +48,7 @@ def run_worker(settings: Settings, *, concurrency: int, deliveries: bool = False
     timer = ReconcileTimer(settings, app)
     timer.start()
     argv = [
+        *_banner_option(settings),
         "worker",
         f"--hostname={_node_name('worker')}",
         f"--queues={QUEUE}",
@@ -65,6 +72,7 @@ def _run_delivery_worker(settings: Settings, *, concurrency: int) -> None:
     pump = DeliveryPump(settings, app)
     pump.start()
     argv = [
+        *_banner_option(settings),
         "worker",
         f"--hostname={_node_name('deliveries')}",
         f"--queues={DELIVERY_QUEUE}",

@@ -95,6 +95,14 @@ def test_type_filter_moves_the_cursor_past_other_types(
     assert [e["type"] for e in later["data"]] == ["contact.deleted"]
 
 
+def test_empty_after_reads_from_the_start(client: TestClient, tenant: TenantFixture) -> None:
+    """`?after=&type=` (the parameters sent empty) is the first page, not a bad cursor."""
+    create(client, tenant)
+    body = feed(client, tenant, after="", type="")
+    assert [e["type"] for e in body["data"]] == ["contact.created"]
+    assert body["next"] == "1"
+
+
 @pytest.mark.parametrize("cursor", ["abc", "-1", "99", "1.5"])
 def test_unknown_cursor_is_400_saying_how_far_back(
     client: TestClient, tenant: TenantFixture, cursor: str

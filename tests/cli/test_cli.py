@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -111,6 +112,50 @@ def test_tenant_configure_sets_secrets(db: Database) -> None:
 def test_bad_input_is_a_one_line_error(db: Database, args: tuple[str, ...], fragment: str) -> None:
     """Bad input exits non-zero with one line, never a traceback."""
     assert_one_line_error(intake(*args, database_url=db.url), fragment)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("serve", "--port", "abc"), "not a port number: 'abc'"),
+        (("tenant", "configure", str(uuid.uuid4()), "--keep-previous"), "expected one argument"),
+        (("bogus",), "invalid choice: 'bogus'"),
+        (("key", "create"), "the following arguments are required: tenant_id"),
+        ((), "the following arguments are required: COMMAND"),
+        (("serve", "--port", "99999"), "a port is 1-65535, not 99999"),
+        (("dev", "--port", "0"), "a port is 1-65535, not 0"),
+    ],
+)
+def test_usage_error_is_a_one_line_error(args: tuple[str, ...], fragment: str) -> None:
+    """A usage mistake argparse catches is one line on stderr too, not the usage text."""
+    result = intake(*args, database_url="sqlite:///unused.db")
+    assert result.returncode == 2
+    assert_one_line_error(result, fragment)
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error() -> None:
+    """`intake serve` on a taken port says so in one line, before uvicorn starts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = intake("serve", "--port", str(port), database_url="sqlite:///unused.db")
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+def test_serve_on_a_host_that_does_not_resolve_is_a_one_line_error() -> None:
+    """A --host that is no address and no name is one line, not uvicorn's start-up and error."""
+    result = intake("serve", "--host", "256.1.1.1", database_url="sqlite:///unused.db")
+    assert_one_line_error(result, "cannot listen on 256.1.1.1:8000")
+
+
+def test_phone_number_id_error_keeps_its_quotes(db: Database) -> None:
+    """A refused phone number id is quoted whole in the error line."""
+    created = json.loads(intake("tenant", "create", "T", "--json", database_url=db.url).stdout)
+    result = intake(
+        "tenant", "configure", created["id"], "whatsapp_phone_number_id=abc", database_url=db.url
+    )
+    assert_one_line_error(result, "not 'abc'")
 
 
 def test_unknown_configure_key_is_refused(db: Database) -> None:

@@ -101,6 +101,14 @@ def test_demo_makes_and_prints_the_five_sample_contacts(demo: DemoRun) -> None:
     assert "Traceback" not in demo.stderr
 
 
+def test_demo_output_to_a_pipe_has_plain_lines(demo: DemoRun) -> None:
+    """Piped, the ingestion progress is one finished line, not a run of carriage returns
+    (which a text-mode reader turns into one line per step)."""
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.count("Ingesting:") == 1
+    assert "Ingesting: 8/8 messages handled\n" in demo.stdout
+
+
 def test_demo_leaves_no_process_and_no_file_behind(demo: DemoRun) -> None:
     """After the demo exits, nothing it started still runs and neither its working folder nor
     its temporary folder holds a file."""

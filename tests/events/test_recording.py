@@ -18,7 +18,7 @@ from models.events import (
 from models.tenants import configure_tenant
 from tests.events.helpers import events_of, types_of
 from tests.factories import make_tenant
-from tests.worker.helpers import inbound, ingest
+from tests.worker.helpers import drain, inbound, ingest, store
 
 
 def _create(db: Database, tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
@@ -206,3 +206,63 @@ def test_concurrent_writers_commit_in_sequence_order(db: Database) -> None:
     slow.join(timeout=10)
     fast.join(timeout=10)
     assert [(e.sequence, e.data["n"]) for e in events_of(db, tenant.id)] == [(1, 1), (2, 2)]
+
+
+def test_api_merge_and_undo_write_merged_and_unmerged(db: Database) -> None:
+    """A merge through the API is contact.merged (reason api); its undo is contact.unmerged."""
+    tenant = make_tenant(db)
+    survivor = _create(db, tenant.id, name="Ann")
+    other = _create(db, tenant.id, name="Ann Again")
+    with db.unit_of_work() as session:
+        merge = merges.merge_contacts(
+            session, tenant_id=tenant.id, survivor_id=survivor, merged_id=other, reason="api"
+        )
+        merge_id = merge.id
+    with db.unit_of_work() as session:
+        merges.undo_merge(session, tenant_id=tenant.id, contact_id=survivor, merge_id=merge_id)
+    events = events_of(db, tenant.id)
+    assert [e.type for e in events][2:] == ["contact.merged", "contact.unmerged"]
+    assert events[2].data["contactId"] == str(survivor)
+    assert events[2].data["mergedContactId"] == str(other)
+    assert events[2].data["reason"] == "api"
+    assert events[3].data == {
+        "contactId": str(survivor),
+        "restoredContactId": str(other),
+        "mergeId": str(merge_id),
+    }
+
+
+def test_attested_merge_in_one_batch_comes_after_the_merged_contacts_creation(
+    db: Database,
+) -> None:
+    """A sender made and merged away in one batch: its contact.created precedes the merge."""
+    tenant = make_tenant(db)
+    known = _create(db, tenant.id, name="Bo Known", phone="+12125550188")
+    # Stored apart (in order of acceptance), drained as one batch.
+    store(db, tenant.id, inbound("telegram", sender_id="778", display_name="Bo"))
+    store(db, tenant.id, inbound("telegram", sender_id="778", phone="+12125550188"))
+    assert drain(db, tenant.id).handled == 2
+    events = events_of(db, tenant.id)
+    merged = [e for e in events if e.type == "contact.merged"]
+    assert len(merged) == 1, [e.type for e in events]
+    assert merged[0].data["contactId"] == str(known)
+    away = merged[0].data["mergedContactId"]
+    first_naming_away = next(
+        e for e in events if away in (e.data.get("contactId"), e.data.get("mergedContactId"))
+    )
+    assert first_naming_away.type == "contact.created"
+    assert first_naming_away.sequence < merged[0].sequence
+
+
+def test_messages_of_one_request_are_ingested_in_their_order(db: Database) -> None:
+    """Several messages stored together (one POST, one group commit) are handled, and their
+    message.received events numbered, in the order they came, not by their random row ids."""
+    tenant = make_tenant(db)
+    messages = [
+        inbound("whatsapp", sender_id="15550001111", provider_message_id=f"wamid.{n}")
+        for n in range(8)
+    ]
+    store(db, tenant.id, *messages)
+    assert drain(db, tenant.id).handled == 8
+    received = [e for e in events_of(db, tenant.id) if e.type == "message.received"]
+    assert [e.data["providerMessageId"] for e in received] == [f"wamid.{n}" for n in range(8)]

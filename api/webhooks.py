@@ -273,29 +273,28 @@ async def handle_webhook(adapter: ChannelAdapter, tenant_id: str, request: Reque
             app, route=adapter.route, tenant_id=tenant, parsed=parsed, request_id=request_id
         )
         return _answer(adapter, parsed)
-    except ClientGoneError as exc:
-        # The provider's connection, not our failure: it retries as for any unanswered request.
-        metrics.webhooks_rejected.labels(channel, "client_gone").inc()
-        log.info(
-            "webhook.client_gone",
-            extra={"channel": channel, "tenant_id": tenant_id, "received_bytes": exc.received},
-        )
-        return Response(status_code=400)
-    except WebhookRefusedError as exc:
-        metrics.webhooks_rejected.labels(channel, exc.reason).inc()
-        log.warning(
-            "webhook.rejected",
-            extra={
-                "channel": channel,
-                "tenant_id": tenant_id,
-                "status": exc.status,
-                "reason": exc.reason,
-                "detail": exc.detail,
-            },
-        )
-        return exc.problem.response()
+    except (ClientGoneError, WebhookRefusedError) as exc:
+        return refusal_response(metrics, exc, channel=channel, tenant_id=tenant_id)
     finally:
         request_id_var.reset(token)
+
+
+def refusal_response(
+    metrics: Metrics, exc: ClientGoneError | WebhookRefusedError, **fields: str
+) -> Response:
+    """Count and log a refused webhook, and answer it; `fields` name the channel and where."""
+    channel = fields["channel"]
+    if isinstance(exc, ClientGoneError):
+        # The provider's connection, not our failure: it retries as for any unanswered request.
+        metrics.webhooks_rejected.labels(channel, "client_gone").inc()
+        log.info("webhook.client_gone", extra={**fields, "received_bytes": exc.received})
+        return Response(status_code=400)
+    metrics.webhooks_rejected.labels(channel, exc.reason).inc()
+    log.warning(
+        "webhook.rejected",
+        extra={**fields, "status": exc.status, "reason": exc.reason, "detail": exc.detail},
+    )
+    return exc.problem.response()
 
 
 def _endpoint(adapter: ChannelAdapter) -> Callable[[str, Request], Awaitable[Response]]:

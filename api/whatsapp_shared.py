@@ -23,10 +23,22 @@ from starlette.concurrency import run_in_threadpool
 
 from api.metrics import Metrics
 from api.schemas import Problem as ProblemSchema
-from api.webhooks import MAX_BODY, WebhookRefusedError, accept_parsed, read_body
+from api.webhooks import (
+    MAX_BODY,
+    ClientGoneError,
+    WebhookRefusedError,
+    accept_parsed,
+    read_body,
+    refusal_response,
+)
 from channels.base import ChannelError, RawRequest
 from channels.whatsapp import answer_subscription, load_json, verify
-from channels.whatsapp_shared import ParsedChange, merged, parse_shared_notification
+from channels.whatsapp_shared import (
+    ParsedChange,
+    SharedNotification,
+    merged,
+    parse_shared_notification,
+)
 from intake.logs import request_id_var
 from intake.settings import Settings
 from models.db import Database
@@ -147,6 +159,11 @@ async def _routes(app: Any, phone_number_ids: Sequence[str]) -> dict[str, uuid.U
         ) from None
 
 
+def _verified_notification(raw: RawRequest, app_secret: str) -> SharedNotification:
+    verify(raw, app_secret)
+    return parse_shared_notification(load_json(raw.body))
+
+
 async def _deliver(app: Any, request: Request, request_id: str) -> Response:
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
@@ -170,10 +187,10 @@ async def _deliver(app: Any, request: Request, request_id: str) -> Response:
         body=body,
     )
     try:
-        verify(raw, app_secret)
         # Every change is parsed before anything is stored: a malformed one is a 400 for the
-        # whole notification, with nothing kept, as on the per-tenant route.
-        shared = parse_shared_notification(load_json(body))
+        # whole notification, with nothing kept, as on the per-tenant route. Off the event loop,
+        # like every webhook's parse.
+        shared = await run_in_threadpool(_verified_notification, raw, app_secret)
     except ChannelError as exc:
         raise WebhookRefusedError(exc.status, exc.reason, str(exc)) from None
     routes = await _routes(app, list(shared.by_phone_number_id))
@@ -220,19 +237,8 @@ async def shared_whatsapp_webhook(request: Request) -> Response:
     metrics.webhooks_received.labels(CHANNEL).inc()
     try:
         return await _deliver(app, request, request_id)
-    except WebhookRefusedError as exc:
-        metrics.webhooks_rejected.labels(CHANNEL, exc.reason).inc()
-        log.warning(
-            "webhook.rejected",
-            extra={
-                "channel": CHANNEL,
-                "route": PATH,
-                "status": exc.status,
-                "reason": exc.reason,
-                "detail": exc.detail,
-            },
-        )
-        return exc.problem.response()
+    except (ClientGoneError, WebhookRefusedError) as exc:
+        return refusal_response(metrics, exc, channel=CHANNEL, route=PATH)
     finally:
         request_id_var.reset(token)
 

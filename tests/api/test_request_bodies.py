@@ -11,8 +11,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from intake.settings import Settings
 from intake.signing import DEMO_SECRETS
 from models.db import Database
 from tests.api.conftest import CONTACTS
@@ -60,14 +62,24 @@ def test_a_body_under_the_limit_is_served(client: TestClient, tenant: TenantFixt
     assert response.status_code == 400, response.text
 
 
-@pytest.mark.parametrize("path", ["webhook", "api"])
+@pytest.mark.parametrize("path", ["webhook", "shared", "api"])
 def test_a_client_hanging_up_mid_body_is_an_info_line(
-    live_server: str, db: Database, caplog: pytest.LogCaptureFixture, path: str
+    app: FastAPI,
+    live_server: str,
+    db: Database,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
 ) -> None:
     """A client that promises a body and closes the connection half way leaves an info line and
-    no error record with a traceback, on a webhook and on the Contacts API."""
+    no error record with a traceback, on a tenant's webhook, the shared one and the API."""
     tenant = make_tenant(db, **DEMO_SECRETS)
-    target = f"/webhooks/{tenant.id}/twilio" if path == "webhook" else CONTACTS
+    # The shared WhatsApp route reads a body only once the operator's app secret is set.
+    app.state.settings = Settings(database_url=db.url, whatsapp_app_secret="operator-secret")
+    target = {
+        "webhook": f"/webhooks/{tenant.id}/twilio",
+        "shared": "/webhooks/whatsapp",
+        "api": CONTACTS,
+    }[path]
     url = urlsplit(live_server)
     with caplog.at_level(logging.INFO):
         with socket.create_connection((url.hostname, url.port)) as conn:

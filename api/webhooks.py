@@ -1,7 +1,8 @@
 """Provider webhooks: read the body within its limit, verify and parse it, accept it durably.
 
-The route does no ingestion: a 2xx means the message is committed to the inbox, and the worker
-does the rest. Every refusal is counted and logged with its reason.
+The route does no ingestion: a 2xx means the message is committed to the inbox (or, while the
+database cannot take it, fsynced to the spool), and the worker does the rest. Every refusal is
+counted and logged with its reason.
 """
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ def _store_alone(db: Database, request: AcceptRequest) -> list[uuid.UUID]:
         raise _unavailable(exc, tenant_id=request.tenant_id) from exc
 
 
-def wake(dispatcher: Dispatcher, tenant_id: uuid.UUID, new_ids: Sequence[uuid.UUID]) -> None:
+def wake(dispatcher: Dispatcher, tenant_id: uuid.UUID, *, messages: int) -> None:
     """Wake a drain for committed rows; a failure is logged and left to the reconciler."""
     try:
         dispatcher.dispatch(tenant_id)
@@ -268,7 +268,7 @@ def wake(dispatcher: Dispatcher, tenant_id: uuid.UUID, new_ids: Sequence[uuid.UU
             "accept.dispatch_failed",
             extra={
                 "tenant_id": str(tenant_id),
-                "messages": len(new_ids),
+                "messages": messages,
                 "error": type(exc).__name__,
             },
         )
@@ -299,7 +299,7 @@ def accept(
     request = AcceptRequest(tenant_id, messages, nonce, request_id)
     new_ids = _store_alone(db, request)
     if new_ids:
-        wake(dispatcher, tenant_id, new_ids)
+        wake(dispatcher, tenant_id, messages=len(new_ids))
     return _result(request, new_ids)
 
 
@@ -315,7 +315,7 @@ def accept_batch(
     """
     outcomes, woken = store_accepted(db, dispatcher, requests=requests)
     for tenant_id, new_ids in woken.items():
-        wake(dispatcher, tenant_id, new_ids)
+        wake(dispatcher, tenant_id, messages=len(new_ids))
     return outcomes
 
 

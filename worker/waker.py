@@ -16,7 +16,6 @@ from worker.accept import wake
 from worker.dispatch import Dispatcher
 
 IDLE_SECONDS = 1.0
-KEPT_IDS = 100
 
 
 class Waker:
@@ -25,7 +24,7 @@ class Waker:
     def __init__(self, dispatcher: Dispatcher, *, idle_seconds: float = IDLE_SECONDS) -> None:
         self.dispatcher = dispatcher
         self.idle_seconds = idle_seconds
-        self._pending: dict[uuid.UUID, list[uuid.UUID]] = {}  # tenant -> rows it woke for
+        self._pending: dict[uuid.UUID, int] = {}  # tenant -> new rows since its last wake-up
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -33,9 +32,7 @@ class Waker:
 
     def wake_later(self, tenant_id: uuid.UUID, message_ids: Sequence[uuid.UUID]) -> None:
         with self._cond:
-            # Only the first few ids are kept: they are for the log line, the drain reads rows.
-            ids = self._pending.setdefault(tenant_id, [])
-            ids.extend(message_ids[: max(0, KEPT_IDS - len(ids))])
+            self._pending[tenant_id] = self._pending.get(tenant_id, 0) + len(message_ids)
             self._cond.notify_all()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="intake-waker", daemon=True)
@@ -72,11 +69,11 @@ class Waker:
                     self._thread = None
                     self._cond.notify_all()
                     return
-                tenant_id, ids = next(iter(self._pending.items()))
+                tenant_id, count = next(iter(self._pending.items()))
                 del self._pending[tenant_id]
                 self._sending += 1
             try:
-                wake(self.dispatcher, tenant_id, ids)
+                wake(self.dispatcher, tenant_id, messages=count)
             finally:
                 with self._cond:
                     self._sending -= 1
